@@ -110,7 +110,9 @@ def parse_port(*, untrusted_port: object) -> int:
     elif isinstance(untrusted_port, str) and _PORT_RE.match(untrusted_port):
         value = int(untrusted_port)
     else:
-        msg = f"port must be a whole number, got {type(untrusted_port).__name__}"
+        msg = (
+            f"port must be a whole number, got {type(untrusted_port).__name__}"
+        )
         raise BadArgument(msg)
     if not PORT_MIN <= value <= PORT_MAX:
         msg = f"port must be {PORT_MIN} to {PORT_MAX}, got {value}"

@@ -1,0 +1,4 @@
+# SPDX-License-Identifier: MIT
+"""One handler per nexus.* qrexec service."""
+
+from __future__ import annotations

@@ -1,0 +1,178 @@
+# SPDX-License-Identifier: MIT
+"""The SQLite connection, its one thread, and group commit for writes.
+
+Every statement runs on one dedicated thread, so the event loop never blocks
+on the disk. Writes queued while a commit is under way share the next
+commit: each runs in its own savepoint (one failing write does not undo the
+others) and every caller is answered only after ``COMMIT`` returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import structlog
+
+from nexusd.errors import Unavailable
+from nexusd.store.migrations import migrate
+
+__all__ = ["Store", "StoreCorrupt"]
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection], Any]
+
+#: How long a statement waits for a lock held by another process (an admin's
+#: sqlite3 shell, say) before failing.
+BUSY_TIMEOUT_MS = 5000
+
+
+class StoreCorrupt(RuntimeError):
+    """The database failed its integrity check; it is kept as it is."""
+
+
+class Store:
+    """nexusd's database: reads and group-committed writes on one thread."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, executor: ThreadPoolExecutor, path: Path
+    ) -> None:
+        """Wrap an open connection; use :meth:`open` instead."""
+        self._conn = conn
+        self._executor = executor
+        self.path = path
+        self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        """Open (or create) the database at *path*, check it, migrate it.
+
+        Raises:
+            StoreCorrupt: ``PRAGMA quick_check`` found damage. The file is
+                left untouched for the administrator.
+        """
+        executor = ThreadPoolExecutor(1, thread_name_prefix="nexusd-db")
+        loop = asyncio.get_running_loop()
+        try:
+            conn = await loop.run_in_executor(executor, _connect, path)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(conn, executor, path)
+
+    async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run *op* on the database thread outside any write transaction."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, op, self._conn)
+
+    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run *op* in a transaction; return once its commit is durable.
+
+        Raises:
+            Unavailable: the commit failed (disk full, read-only folder).
+            Exception: whatever *op* raised; its changes are rolled back and
+                the other writes of the same commit are kept.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append((op, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await asyncio.shield(future)
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch, self._pending = self._pending, []
+            ops = [op for op, _ in batch]
+            try:
+                outcomes = await loop.run_in_executor(
+                    self._executor, _run_batch, self._conn, ops
+                )
+            except sqlite3.Error as err:
+                log.error("commit_failed", error=str(err), writes=len(ops))
+                failure = Unavailable("nexusd's state database is not writable")
+                outcomes = [(False, failure)] * len(ops)
+            else:
+                self.commits += 1
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    async def close(self) -> None:
+        """Wait for queued writes, then close the connection and thread."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._conn.close)
+        self._executor.shutdown(wait=True)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    conn = sqlite3.connect(
+        path,
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=BUSY_TIMEOUT_MS / 1000,
+    )
+    try:
+        (result,) = conn.execute("PRAGMA quick_check").fetchone()
+        if result != "ok":
+            msg = (
+                f"{path}: integrity check failed ({result}); the file is kept"
+                " as it is: restore it from a backup or move it away"
+            )
+            raise StoreCorrupt(msg)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn)
+    except sqlite3.DatabaseError as err:
+        conn.close()
+        msg = (
+            f"{path}: not a usable nexusd database ({err}); the file is kept"
+            " as it is: restore it from a backup or move it away"
+        )
+        raise StoreCorrupt(msg) from err
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _run_batch(
+    conn: sqlite3.Connection, ops: list[Op]
+) -> list[tuple[bool, Any]]:
+    outcomes: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for op in ops:
+            conn.execute("SAVEPOINT op")
+            try:
+                value = op(conn)
+            except Exception as err:  # noqa: BLE001 - handed to its caller
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                outcomes.append((False, err))
+            else:
+                conn.execute("RELEASE op")
+                outcomes.append((True, value))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
