@@ -15,7 +15,14 @@ from typing import Any
 
 from nexusd.sim.layout import SimLayout
 
-__all__ = ["Config", "ConfigError", "Limits", "Paths", "load_config"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "Limits",
+    "Paths",
+    "load_config",
+    "replace_limits",
+]
 
 DEFAULT_CONFIG = Path("/etc/nexusd/nexusd.toml")
 
@@ -155,3 +162,8 @@ def _coerce(path: Path, key: str, default: object, value: object) -> object:
         return value
     msg = f"{path}: {key} must be like {default!r} (positive), got {value!r}"
     raise ConfigError(msg)
+
+
+def replace_limits(config: Config, **changes: Any) -> Config:
+    """Return *config* with some limits changed (tests, benchmarks)."""
+    return replace(config, limits=replace(config.limits, **changes))

@@ -128,6 +128,7 @@ class Daemon:
         self.follower: QubesFollower | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._bound: Path | None = None
+        self._stopped = False
 
     async def start(self) -> None:
         """Open the database, serve the socket, follow qubesd."""
@@ -170,6 +171,9 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop accepting, finish calls in flight, close the database."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.notifier.stopping()
         if self.server is not None:
             await self.server.close()
@@ -182,6 +186,7 @@ class Daemon:
             await close()
         if self.store is not None:
             await self.store.close()
+            self.store = None
         if self._bound is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._bound.unlink()

@@ -1,0 +1,153 @@
+# SPDX-License-Identifier: MIT
+"""In-process nexusd for tests: a fake Admin API port and a qrexec caller."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nexusd.config import Config, Limits, load_config, replace_limits
+from nexusd.daemon import Daemon
+
+
+@dataclass(frozen=True)
+class FakeQubeInfo:
+    name: str
+    klass: str
+    power_state: str
+    uuid: str
+
+
+@dataclass(frozen=True)
+class FakeEvent:
+    subject: str | None
+    name: str
+    kwargs: dict[str, str] = field(default_factory=dict)
+
+
+class FakePort:
+    """Just the reads the follower makes, and a queue of events."""
+
+    def __init__(self) -> None:
+        self.qubes: dict[str, dict[str, Any]] = {}
+        self.queue: asyncio.Queue[FakeEvent] = asyncio.Queue()
+        self.add("dom0", "AdminVM", running=True)
+
+    def add(
+        self,
+        name: str,
+        klass: str = "AppVM",
+        *,
+        guest: bool = False,
+        running: bool = True,
+        uuid: str | None = None,
+        features: dict[str, str] | None = None,
+    ) -> None:
+        self.qubes[name] = {
+            "klass": klass,
+            "state": "Running" if running else "Halted",
+            "uuid": uuid or f"uuid-{name}-{len(self.qubes)}",
+            "tags": {"nexus-guest"} if guest else set(),
+            "features": dict(features or {}),
+        }
+
+    async def list_qubes(self) -> dict[str, FakeQubeInfo]:
+        return {
+            n: FakeQubeInfo(n, q["klass"], q["state"], q["uuid"])
+            for n, q in self.qubes.items()
+        }
+
+    async def get_tags(self, qube: str) -> frozenset[str]:
+        return frozenset(self.qubes[qube]["tags"])
+
+    async def get_feature(self, qube: str, name: str) -> str | None:
+        return self.qubes[qube]["features"].get(name)
+
+    async def events(self):
+        yield FakeEvent(None, "connection-established")
+        while True:
+            yield await self.queue.get()
+
+    def emit(self, subject: str | None, name: str, **kwargs: str) -> None:
+        self.queue.put_nowait(FakeEvent(subject, name, kwargs))
+
+
+def sim_config(root: Path, **limits: Any) -> Config:
+    config = load_config(None, sim_root=root)
+    if limits:
+        config = replace_limits(config, **limits)
+    return config
+
+
+async def start_daemon(root: Path, port: FakePort, **limits: Any) -> Daemon:
+    daemon = Daemon(sim_config(root, **limits), port=port)
+    await daemon.start()
+    assert daemon.follower is not None
+    await asyncio.wait_for(daemon.follower.reconciled.wait(), 5)
+    return daemon
+
+
+async def settle(daemon: Daemon, port: FakePort) -> None:
+    """Wait until the follower has applied every queued event."""
+    for _ in range(200):
+        if port.queue.empty():
+            await asyncio.sleep(0.01)
+            if port.queue.empty():
+                return
+        await asyncio.sleep(0.005)
+
+
+async def raw_call(
+    socket_path: Path, data: bytes, *, eof: bool = True
+) -> bytes:
+    reader, writer = await asyncio.open_unix_connection(str(socket_path))
+    writer.write(data)
+    await writer.drain()
+    if eof:
+        writer.write_eof()
+    reply = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    return reply
+
+
+async def call(
+    daemon: Daemon,
+    service: str,
+    arg: str = "",
+    *,
+    source: str = "work",
+    target: str = "keyword adminvm",
+    payload: bytes | dict[str, Any] = b"",
+) -> dict[str, Any]:
+    """Call like qrexec-daemon does for a guest: header, payload, EOF."""
+    if isinstance(payload, dict):
+        payload = json.dumps(payload).encode()
+    header = f"{service}+{arg} {source} {target}\0".encode()
+    reply = await raw_call(daemon.config.paths.socket, header + payload)
+    assert reply.endswith(b"\n") and reply.count(b"\n") == 1
+    return json.loads(reply)
+
+
+def db_rows(daemon: Daemon, table: str) -> list[tuple[Any, ...]]:
+    """Rows of *table*, read through a second connection."""
+    conn = sqlite3.connect(daemon.config.database)
+    try:
+        return conn.execute(f"SELECT * FROM {table}").fetchall()
+    finally:
+        conn.close()
+
+
+__all__ = [
+    "FakePort",
+    "Limits",
+    "call",
+    "db_rows",
+    "raw_call",
+    "settle",
+    "sim_config",
+    "start_daemon",
+]
