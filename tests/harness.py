@@ -111,6 +111,7 @@ async def raw_call(
         writer.write_eof()
     reply = await asyncio.wait_for(reader.read(), 30)
     writer.close()
+    await writer.wait_closed()
     return reply
 
 

@@ -39,6 +39,9 @@ __all__ = ["Call", "RpcLimits", "RpcServer", "ServiceSpec", "encode_reply"]
 log = structlog.get_logger()
 
 _READ_CHUNK = 4096
+#: After the reply, input still arriving is dropped up to these bounds.
+_LINGER_BYTES = 65536
+_LINGER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,7 @@ class RpcServer:
             reply = encode_reply(result)
             fields["outcome"] = "ok"
         self.calls += 1
-        await _send_and_close(writer, reply)
+        await _send_and_close(reader, writer, reply)
         fields["duration_ms"] = round((time.monotonic() - started) * 1000, 3)
         if fields["outcome"] == "ok":
             log.info("call_finished", **fields)
@@ -290,13 +293,27 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-async def _send_and_close(writer: asyncio.StreamWriter, reply: bytes) -> None:
-    with contextlib.suppress(OSError, RuntimeError):
+async def _send_and_close(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: bytes
+) -> None:
+    """Write the reply, half-close, then linger before closing.
+
+    Closing a Unix socket with unread input resets the connection, and the
+    peer may then lose the reply; so input that still arrives is read and
+    dropped, bounded by ``_LINGER_BYTES`` and ``_LINGER_SECONDS``.
+    """
+    with contextlib.suppress(OSError, RuntimeError, TimeoutError):
         writer.write(reply)
         if writer.can_write_eof():
             writer.write_eof()
-        async with asyncio.timeout(1.0):
+        async with asyncio.timeout(_LINGER_SECONDS):
             await writer.drain()
+            dropped = 0
+            while dropped < _LINGER_BYTES:
+                chunk = await reader.read(_READ_CHUNK)
+                if not chunk:
+                    break
+                dropped += len(chunk)
     writer.close()
     with contextlib.suppress(OSError, TimeoutError, RuntimeError):
         async with asyncio.timeout(1.0):
