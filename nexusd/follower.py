@@ -24,6 +24,7 @@ __all__ = ["QubesFollower"]
 log = structlog.get_logger()
 
 Hook = Callable[[str], Awaitable[None]]
+PurgeHook = Callable[[set[str]], Awaitable[None]]
 
 _RUNNING = {"Running", "Transient", "Paused", "Suspended"}
 
@@ -44,10 +45,11 @@ class QubesFollower:
         registry: GuestRegistry,
         store: Store,
         *,
-        on_purge: Hook | None = None,
+        on_purge: PurgeHook | None = None,
         on_start: Hook | None = None,
     ) -> None:
-        """Follow *port*; call *on_purge* after a qube's objects went."""
+        """Follow *port*; call *on_purge* with the peers of a purged qube's
+        links after its objects went, *on_start* when a qube starts."""
         self._port = port
         self._registry = registry
         self._store = store
@@ -70,6 +72,7 @@ class QubesFollower:
             klass=str(info.klass),
             running=str(info.power_state) in _RUNNING,
             guest=settings.guest_tag in tags,
+            tags=tags,
             quota=quota,
         )
 
@@ -94,7 +97,7 @@ class QubesFollower:
         )
 
     async def _purge(self, qube: str, reason: str) -> None:
-        removed, links = await self._store.write(
+        removed, peers = await self._store.write(
             lambda conn: sql.purge_qube(conn, qube=qube, reason=reason)
         )
         log.info(
@@ -102,10 +105,10 @@ class QubesFollower:
             qube=qube,
             reason=reason,
             containers=removed,
-            links=links,
+            link_peers=len(peers - {qube}),
         )
-        if self._on_purge is not None:
-            await self._on_purge(qube)
+        if self._on_purge is not None and removed:
+            await self._on_purge(peers - {qube})
 
     async def run(self) -> None:
         """Apply events forever; the port reconnects by itself."""
@@ -136,9 +139,18 @@ class QubesFollower:
         elif subject is None:
             return
         elif kind in {"domain-tag-add", "domain-tag-delete"}:
-            if detail == settings.guest_tag:
-                guest = kind == "domain-tag-add"
-                self._registry.update(subject, guest=guest)
+            state = self._registry.get(subject)
+            if state is not None and detail:
+                tags = set(state.tags)
+                if kind == "domain-tag-add":
+                    tags.add(detail)
+                else:
+                    tags.discard(detail)
+                self._registry.update(
+                    subject,
+                    tags=frozenset(tags),
+                    guest=settings.guest_tag in tags,
+                )
         elif kind in {"domain-feature-set", "domain-feature-delete"}:
             if detail == settings.quota_feature:
                 quota = parse_quota(untrusted_value=kwargs.get("value"))

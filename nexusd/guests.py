@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import structlog
 
@@ -34,6 +35,7 @@ class QubeState:
     running: bool
     guest: bool
     quota: int | None
+    tags: frozenset[str] = frozenset()
 
 
 def parse_quota(*, untrusted_value: str | None) -> int | None:
@@ -94,6 +96,22 @@ class GuestRegistry:
         state = self._qubes.get(name)
         if state is not None:
             self._qubes[name] = replace(state, **changes)  # type: ignore[arg-type]
+
+    def system_info(self) -> dict[str, Any]:
+        """The qubes in qrexec's ``get_system_info`` form, for policy."""
+        return {
+            "domains": {
+                q.name: {
+                    "type": q.klass,
+                    "tags": sorted(q.tags),
+                    "default_dispvm": None,
+                    "template_for_dispvms": False,
+                    "power_state": "Running" if q.running else "Halted",
+                    "uuid": q.uuid,
+                }
+                for q in self._qubes.values()
+            }
+        }
 
     def require_guest(self, name: str) -> QubeState:
         """Return the qube *name* if nexusd serves it.

@@ -25,7 +25,8 @@ __all__ = ["ContainerServices"]
 #: Payload cap of services that take only a short JSON object.
 SMALL_PAYLOAD = 1024
 
-ChangeHook = Callable[[str], Awaitable[None]]
+ChangeHook = Callable[[set[str]], Awaitable[None]]
+ListHook = Callable[[str], Awaitable[list[dict[str, Any]]]]
 
 
 def _require_dom0_target(call: Call) -> None:
@@ -43,12 +44,15 @@ class ContainerServices:
         store: Store,
         registry: GuestRegistry,
         links_changed: ChangeHook | None = None,
+        links_of: ListHook | None = None,
     ) -> None:
-        """Bind the handlers to nexusd's state."""
+        """Bind the handlers to nexusd's state; *links_changed* runs after
+        a removal took links with it, *links_of* lists a qube's links."""
         self._config = config
         self._store = store
         self._registry = registry
         self._links_changed = links_changed
+        self._links_of = links_of
 
     def specs(self) -> list[ServiceSpec]:
         """The services, for the RPC server."""
@@ -96,7 +100,7 @@ class ContainerServices:
 
         qube = self._registry.require_guest(call.header.source)
 
-        links = await self._store.write(
+        peers = await self._store.write(
             lambda conn: sql.remove_container(
                 conn,
                 qube=qube.name,
@@ -105,9 +109,9 @@ class ContainerServices:
                 via="nexus.ContainerRemove",
             )
         )
-        if links and self._links_changed is not None:
-            await self._links_changed(qube.name)
-        return {"removed": name, "links_removed": links}
+        if peers and self._links_changed is not None:
+            await self._links_changed(peers | {qube.name})
+        return {"removed": name, "links_removed": bool(peers)}
 
     async def list(self, call: Call) -> dict[str, Any]:
         """``nexus.ContainerList``: the caller's containers."""
@@ -118,7 +122,10 @@ class ContainerServices:
         containers = await self._store.read(
             lambda conn: sql.list_containers(conn, qube.name)
         )
-        return {"containers": containers}
+        links = []
+        if self._links_of is not None:
+            links = await self._links_of(qube.name)
+        return {"containers": containers, "links": links}
 
     async def report(self, call: Call) -> dict[str, Any]:
         """``nexus.ContainerReport+NAME``: the guest reports actual state."""

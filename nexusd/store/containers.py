@@ -130,10 +130,28 @@ def _get(conn: sqlite3.Connection, qube: str, name: str) -> dict[str, Any]:
     return _record(row)
 
 
+_PEERS_SQL = (
+    "SELECT fc.qube, tc.qube FROM links l"
+    " JOIN containers fc ON fc.id = l.from_container"
+    " JOIN containers tc ON tc.id = l.to_container"
+)
+_PEERS_OF_CONTAINER = (
+    _PEERS_SQL + " WHERE l.from_container = ?1 OR l.to_container = ?1"
+)
+_PEERS_OF_QUBE = _PEERS_SQL + " WHERE fc.qube = ?1 OR tc.qube = ?1"
+
+
+def _peers(conn: sqlite3.Connection, query: str, key: object) -> set[str]:
+    return {q for pair in conn.execute(query, (key,)) for q in pair}
+
+
 def remove_container(
     conn: sqlite3.Connection, *, qube: str, name: str, actor: str, via: str
-) -> int:
-    """Remove the container and every link that uses it; return link count.
+) -> set[str]:
+    """Remove the container and every link that uses it.
+
+    Returns:
+        The qubes at either end of the removed links (empty if none).
 
     Raises:
         NotFound: the qube has no such container.
@@ -144,6 +162,7 @@ def remove_container(
     if row is None:
         msg = f"no container {name!r} in this qube"
         raise NotFound(msg)
+    peers = _peers(conn, _PEERS_OF_CONTAINER, row[0])
     (links,) = conn.execute(
         "SELECT COUNT(*) FROM links WHERE from_container = ?"
         " OR to_container = ?",
@@ -159,7 +178,7 @@ def remove_container(
         obj=name,
         detail={"links_removed": links},
     )
-    return int(links)
+    return peers
 
 
 def report_state(
@@ -210,12 +229,13 @@ def qube_uuids(conn: sqlite3.Connection) -> dict[str, set[str]]:
 
 def purge_qube(
     conn: sqlite3.Connection, *, qube: str, reason: str
-) -> tuple[int, int]:
+) -> tuple[int, set[str]]:
     """Remove every container of *qube* and every link at either end.
 
     Returns:
-        (containers removed, links removed).
+        (containers removed, qubes at either end of removed links).
     """
+    peers = _peers(conn, _PEERS_OF_QUBE, qube)
     (links,) = conn.execute(
         "SELECT COUNT(*) FROM links WHERE from_container IN"
         " (SELECT id FROM containers WHERE qube = ?) OR to_container IN"
@@ -237,4 +257,4 @@ def purge_qube(
                 "links": links,
             },
         )
-    return cur.rowcount, int(links)
+    return cur.rowcount, peers
