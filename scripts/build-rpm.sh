@@ -10,6 +10,8 @@
 #                          package's build root; on by default)
 #   NEXUSD_RPM_OUT=DIR     where the packages go (default: dist)
 #   NEXUSD_RPM_TOPDIR=DIR  rpmbuild's work folder (default: build/rpm)
+#   NEXUSD_RPM_PACKAGER=S  the Packager header (default: git's user.name and
+#                          user.email; the spec leaves it to the builder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -34,10 +36,17 @@ mkdir -p "$top"/{SOURCES,SPECS,BUILD,RPMS,SRPMS} "$out"
 
 git ls-files -z \
     | tar --null --files-from=- --ignore-failed-read \
-        --transform "s,^,nexusd-$version/," --owner=0 --group=0 \
+        --transform "s,^,nexusd-$version/,S" --owner=0 --group=0 \
         -czf "$top/SOURCES/nexusd-$version.tar.gz"
 
-args=(--define "_topdir $top" -ba "$spec")
+packager=${NEXUSD_RPM_PACKAGER:-}
+if [[ -z $packager ]]; then
+    name=$(git config user.name || true)
+    email=$(git config user.email || true)
+    packager="${name:-nexusd builder} <${email:-root@localhost}>"
+fi
+
+args=(--define "_topdir $top" --define "packager $packager" -ba "$spec")
 # Outside an RPM-based system (Debian) the rpm database knows none of the
 # build requirements, which come from Debian's packages and .venv instead.
 if ! rpm -q rpm >/dev/null 2>&1; then
