@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from nexusd import __version__
+from nexusd.agentsync import AgentSync
 from nexusd.config import Config, ConfigError, load_config
 from nexusd.follower import QubesFollower
 from nexusd.guests import GuestRegistry
@@ -31,6 +32,7 @@ from nexusd.logs import configure_logging
 from nexusd.notify import Notifier, watchdog_interval
 from nexusd.rpc.server import RpcLimits, RpcServer
 from nexusd.services.containers import ContainerServices
+from nexusd.services.links import LinkServices
 from nexusd.store import Store, StoreCorrupt
 
 __all__ = ["Daemon", "main"]
@@ -126,6 +128,8 @@ class Daemon:
         self.store: Store | None = None
         self.server: RpcServer | None = None
         self.follower: QubesFollower | None = None
+        self.links: LinkServices | None = None
+        self.agents: AgentSync | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._bound: Path | None = None
         self._stopped = False
@@ -133,10 +137,26 @@ class Daemon:
     async def start(self) -> None:
         """Open the database, serve the socket, follow qubesd."""
         self.store = await Store.open(self.config.database)
-        services = ContainerServices(self.config, self.store, self.registry)
         limits = self.config.limits
+        self.links = LinkServices(self.config, self.store, self.registry)
+        self.agents = AgentSync(
+            self.port,
+            self.registry,
+            self.links.view,
+            limits.agent_sync_timeout,
+        )
+        self.links.agents = self.agents
+        containers = ContainerServices(
+            self.config,
+            self.store,
+            self.registry,
+            links_changed=self.links.changed,
+            links_of=self.links.links_of,
+        )
+        await self.links.sync_policy()
+        specs = [*containers.specs(), *self.links.specs()]
         self.server = RpcServer(
-            {spec.name: spec for spec in services.specs()},
+            {spec.name: spec for spec in specs},
             RpcLimits(
                 header_timeout=limits.header_timeout,
                 payload_timeout=limits.payload_timeout,
@@ -150,7 +170,18 @@ class Daemon:
             sock = bind_socket(self.config.paths.socket)
             self._bound = self.config.paths.socket
         await self.server.start(sock)
-        self.follower = QubesFollower(self.port, self.registry, self.store)
+        agents = self.agents
+
+        async def started(qube: str) -> None:
+            agents.qube_started(qube)
+
+        self.follower = QubesFollower(
+            self.port,
+            self.registry,
+            self.store,
+            on_purge=self.links.changed,
+            on_start=started,
+        )
         self._tasks.append(asyncio.create_task(self.follower.run()))
         interval = watchdog_interval()
         if interval is not None:
@@ -181,6 +212,8 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.agents is not None:
+            await self.agents.close()
         close = getattr(self.port, "close", None)
         if close is not None:
             await close()

@@ -35,6 +35,8 @@ class FakePort:
     def __init__(self) -> None:
         self.qubes: dict[str, dict[str, Any]] = {}
         self.queue: asyncio.Queue[FakeEvent] = asyncio.Queue()
+        self.service_calls: list[tuple[str, str, bytes]] = []
+        self.unreachable: set[str] = set()
         self.add("dom0", "AdminVM", running=True)
 
     def add(
@@ -66,6 +68,14 @@ class FakePort:
 
     async def get_feature(self, qube: str, name: str) -> str | None:
         return self.qubes[qube]["features"].get(name)
+
+    async def call_service(
+        self, qube: str, service: str, payload: bytes, timeout: float
+    ) -> bytes:
+        self.service_calls.append((qube, service, payload))
+        if qube in self.unreachable:
+            raise ConnectionRefusedError(qube)
+        return b""
 
     async def events(self):
         yield FakeEvent(None, "connection-established")

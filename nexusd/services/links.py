@@ -1,0 +1,253 @@
+# SPDX-License-Identifier: MIT
+"""The link services, and what follows a link change: the data-plane policy
+file, the shadowing report, and the agents' sync.
+
+``nexus.LinkRequest+CONTAINER.PORT`` and ``nexus.LinkRemove+CONTAINER.PORT``
+name the other qube as their qrexec target, as the Admin API does, so an
+administrator writes policy in the columns of both qubes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from nexusd.agentsync import AgentSync
+from nexusd.config import Config
+from nexusd.errors import BadArgument, BadHeader
+from nexusd.guests import GuestRegistry
+from nexusd.linkpolicy import SERVICE, LinkLine, LinkPolicyWriter
+from nexusd.names import parse_container_name, parse_link_target
+from nexusd.rpc.server import Call, ServiceSpec
+from nexusd.services.payload import parse_json_object, reject_unknown_keys
+from nexusd.store import Store
+from nexusd.store import containers as csql
+from nexusd.store import links as sql
+
+__all__ = ["LinkServices"]
+
+log = structlog.get_logger()
+
+#: Payload cap of the link services (``{"from": NAME}``).
+LINK_PAYLOAD = 256
+
+
+def _parse_from(*, untrusted_payload: bytes) -> str:
+    untrusted_obj = parse_json_object(untrusted_payload=untrusted_payload)
+    reject_unknown_keys(untrusted_obj, {"from"})
+    untrusted_name = untrusted_obj.get("from")
+    if not isinstance(untrusted_name, str):
+        msg = 'payload must name the caller\'s container: {"from": NAME}'
+        raise BadArgument(msg)
+    return parse_container_name(untrusted_name=untrusted_name)
+
+
+class LinkServices:
+    """Handlers of the link services and the upkeep after link changes."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        registry: GuestRegistry,
+        agents: AgentSync | None = None,
+    ) -> None:
+        """Bind to nexusd's state."""
+        self._config = config
+        self._store = store
+        self._registry = registry
+        self.agents = agents
+        self.writer = LinkPolicyWriter(config)
+        self._blocked: dict[LinkLine, str] = {}
+        self._policy_signature: tuple[Any, ...] | None = None
+
+    def specs(self) -> list[ServiceSpec]:
+        """The services, for the RPC server."""
+        return [
+            ServiceSpec(
+                "nexus.LinkRequest", self.request, True, True, LINK_PAYLOAD
+            ),
+            ServiceSpec(
+                "nexus.LinkRemove", self.remove, True, True, LINK_PAYLOAD
+            ),
+        ]
+
+    def _other_qube(self, call: Call) -> str:
+        if call.header.target.startswith(("@", "uuid:")):
+            msg = f"{call.header.service} must name the other qube as target"
+            raise BadHeader(msg)
+        if call.header.target in {call.header.source, "dom0"}:
+            msg = "the target must be another nexus guest"
+            raise BadHeader(msg)
+        return call.header.target
+
+    async def request(self, call: Call) -> dict[str, Any]:
+        """``nexus.LinkRequest+CONTAINER.PORT`` (target: the other qube)."""
+        target = parse_link_target(untrusted_arg=call.header.argument)
+        other = self._other_qube(call)
+        from_container = _parse_from(untrusted_payload=call.untrusted_payload)
+
+        caller = self._registry.require_guest(call.header.source)
+        peer = self._registry.require_guest(other)
+
+        link, created = await self._store.write(
+            lambda conn: sql.create_link(
+                conn,
+                from_qube=caller.name,
+                from_container=from_container,
+                to_qube=peer.name,
+                to_container=target.container,
+                port=target.port,
+                limit=self._config.limits.links_per_qube,
+            )
+        )
+        if created:
+            await self.changed({caller.name, peer.name})
+        return {"link": await self._annotate(link), "created": created}
+
+    async def remove(self, call: Call) -> dict[str, Any]:
+        """``nexus.LinkRemove+CONTAINER.PORT``: either end removes a link."""
+        target = parse_link_target(untrusted_arg=call.header.argument)
+        other = self._other_qube(call)
+        from_container = _parse_from(untrusted_payload=call.untrusted_payload)
+
+        caller = self._registry.require_guest(call.header.source)
+
+        link = await self._store.write(
+            lambda conn: sql.remove_link(
+                conn,
+                caller=caller.name,
+                other=other,
+                from_container=from_container,
+                to_container=target.container,
+                port=target.port,
+            )
+        )
+        await self.changed({caller.name, other})
+        return {"removed": link["id"]}
+
+    async def changed(self, qubes: set[str]) -> None:
+        """After links changed: rewrite the policy file, tell the agents."""
+        await self.sync_policy()
+        if self.agents is not None:
+            self.agents.mark(q for q in qubes if q != "dom0")
+
+    async def lines(self) -> list[LinkLine]:
+        """What the data-plane policy must allow, from the database."""
+        rows = await self._store.read(sql.all_link_lines)
+        return [
+            LinkLine(container=c, port=p, source=a, target=b)
+            for a, b, c, p in rows
+        ]
+
+    async def sync_policy(self) -> bool:
+        """Make the policy file equal what the database implies."""
+        changed = await self.writer.install(await self.lines())
+        self._policy_signature = None
+        return changed
+
+    async def links_of(self, qube: str) -> list[dict[str, Any]]:
+        """The links of *qube*, each with ``blocked_by`` if policy blocks it."""
+        links = await self._store.read(lambda c: sql.links_of_qube(c, qube))
+        if links:
+            await self._refresh_blocked()
+        return [self._annotate_now(link) for link in links]
+
+    async def view(self, qube: str) -> dict[str, Any]:
+        """What a guest agent is told: its containers and its links."""
+        containers = await self._store.read(
+            lambda c: csql.list_containers(c, qube)
+        )
+        return {
+            "qube": qube,
+            "containers": containers,
+            "links": await self.links_of(qube),
+        }
+
+    async def _annotate(self, link: dict[str, Any]) -> dict[str, Any]:
+        await self._refresh_blocked()
+        return self._annotate_now(link)
+
+    def _annotate_now(self, link: dict[str, Any]) -> dict[str, Any]:
+        line = LinkLine(
+            container=link["to"]["container"],
+            port=link["to"]["port"],
+            source=link["from"]["qube"],
+            target=link["to"]["qube"],
+        )
+        return {**link, "blocked_by": self._blocked.get(line)}
+
+    def _signature(self) -> tuple[Any, ...]:
+        paths = self._config.paths
+        entries: list[Any] = []
+        for folder in (paths.runtime_policy_dir, paths.policy_dir):
+            try:
+                with os.scandir(folder) as it:
+                    for entry in it:
+                        st = entry.stat(follow_symlinks=True)
+                        entries.append((entry.path, st.st_mtime_ns, st.st_size))
+            except FileNotFoundError:
+                entries.append((str(folder), None))
+        return (tuple(sorted(entries)), len(self._registry.names()))
+
+    async def _refresh_blocked(self) -> None:
+        signature = self._signature()
+        if signature == self._policy_signature:
+            return
+        lines = await self.lines()
+        self._blocked = await _shadowed(
+            self._config,
+            self._registry.system_info(),
+            lines,
+            self.writer.path,
+        )
+        self._policy_signature = signature
+        for line, where in sorted(self._blocked.items()):
+            log.warning(
+                "link_blocked",
+                source=line.source,
+                target=line.target,
+                argument=line.argument,
+                decided_by=where,
+            )
+
+
+async def _shadowed(
+    config: Config,
+    system: dict[str, Any],
+    lines: list[LinkLine],
+    ours: Path,
+) -> dict[LinkLine, str]:
+    """Links whose ``nexus.Connect`` is decided by a rule not in *ours*."""
+    import asyncio
+
+    from nexusd.policy import Request, SystemInfo, load_policy_set
+
+    paths = config.paths
+
+    def evaluate() -> dict[LinkLine, str]:
+        policy = load_policy_set(
+            paths.runtime_policy_dir, paths.policy_dir, paths.legacy_policy_dir
+        )
+        info = SystemInfo.from_dict(system)
+        blocked: dict[LinkLine, str] = {}
+        for line in lines:
+            decision = policy.evaluate(
+                Request(
+                    service=SERVICE,
+                    argument=line.argument,
+                    source=line.source,
+                    target=line.target,
+                ),
+                info,
+            )
+            if decision.file is None:
+                blocked[line] = decision.reason
+            elif Path(decision.file) != ours or decision.action != "allow":
+                blocked[line] = f"{decision.file}:{decision.line}"
+        return blocked
+
+    return await asyncio.to_thread(evaluate)
