@@ -18,7 +18,7 @@ from typing import Any
 from nexusd.sim import lifecycle
 from nexusd.sim.holders import Holder, Qube
 from nexusd.sim.model import Dom0Model, validate_tag
-from nexusd.sim.props import NoValue, sanitize, validate_name
+from nexusd.sim.propcheck import NoValue, sanitize, validate_name
 from nexusd.sim.qubesexc import (
     PermissionDenied,
     ProtocolError,

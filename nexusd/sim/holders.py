@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from nexusd.sim.propcheck import NoValue, PropDef
 from nexusd.sim.props import (
     ADMINVM_PROPS,
     APPVM_PROPS,
@@ -18,8 +19,6 @@ from nexusd.sim.props import (
     GLOBAL_PROPS,
     STANDALONEVM_PROPS,
     TEMPLATEVM_PROPS,
-    NoValue,
-    PropDef,
 )
 
 if TYPE_CHECKING:

@@ -9,18 +9,14 @@ file before the caller is answered.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
 
-from nexusd.sim import lifecycle
+from nexusd.sim import lifecycle, state
 from nexusd.sim.holders import (
     QUBE_CLASSES,
     AdminVM,
@@ -30,11 +26,10 @@ from nexusd.sim.holders import (
     wire_str,
 )
 from nexusd.sim.layout import SimLayout
-from nexusd.sim.props import NoValue, PropDef, validate_name
+from nexusd.sim.propcheck import NoValue, PropDef, validate_name
 from nexusd.sim.qubesexc import (
     PermissionDenied,
     QubesFeatureNotFoundError,
-    QubesInvalidTagError,
     QubesLabelNotFoundError,
     QubesPropertyValueError,
     QubesTagNotFoundError,
@@ -44,20 +39,19 @@ from nexusd.sim.qubesexc import (
     QubesVMNotFoundError,
     QubesVMNotHaltedError,
 )
+from nexusd.sim.state import STOCK_LABELS, Label, validate_tag
 
 __all__ = [
     "PROHIBITED_FEATURES",
-    "STATE_VERSION",
     "Dom0Model",
     "EventSink",
     "Label",
     "system_info_from_file",
+    "validate_tag",
 ]
 
 log = structlog.get_logger()
 
-#: Bumped when the state file's shape changes incompatibly.
-STATE_VERSION = 1
 #: Features no Admin API caller may set or remove (qubes/ext/admin.py).
 PROHIBITED_FEATURES = frozenset(
     {
@@ -69,49 +63,10 @@ PROHIBITED_FEATURES = frozenset(
 )
 #: qubesd's ``max_qid``.
 MAX_QID = 254
-_TAG_CHARS = frozenset(
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
-)
 _ADMIN_EXT = "qubes.ext.admin.AdminExtension"
 
 #: ``sink(subject, event, kwargs)``; subject ``None`` is the system.
 EventSink = Callable[[str | None, str, dict[str, str]], None]
-
-
-@dataclass(frozen=True)
-class Label:
-    """A qube label: index, name and ``0xRRGGBB`` colour."""
-
-    index: int
-    name: str
-    color: str
-
-
-STOCK_LABELS = (
-    Label(1, "red", "0xcc0000"),
-    Label(2, "orange", "0xf57900"),
-    Label(3, "yellow", "0xedd400"),
-    Label(4, "green", "0x73d216"),
-    Label(5, "gray", "0x555555"),
-    Label(6, "blue", "0x3465a4"),
-    Label(7, "purple", "0x75507b"),
-    Label(8, "black", "0x000000"),
-)
-
-
-def validate_tag(untrusted_tag: str) -> str:
-    """Return *untrusted_tag* if qubesd's ``Tags.validate_tag`` accepts it.
-
-    Raises:
-        QubesInvalidTagError: empty, or a character outside ``[A-Za-z0-9_-]``.
-    """
-    if not untrusted_tag:
-        msg = "tag cannot be empty"
-        raise QubesInvalidTagError(msg)
-    if not all(ch in _TAG_CHARS for ch in untrusted_tag):
-        msg = "disallowed characters"
-        raise QubesInvalidTagError(msg)
-    return untrusted_tag
 
 
 class Dom0Model:
@@ -141,76 +96,13 @@ class Dom0Model:
             FileNotFoundError: the folder holds no state file.
             ValueError: the state file is not one this version wrote.
         """
-        data = json.loads(layout.state_file.read_text(encoding="utf-8"))
-        if data.get("version") != STATE_VERSION:
-            msg = f"{layout.state_file}: unsupported state version"
-            raise ValueError(msg)
         model = cls(layout)
-        model.labels = {
-            int(item["index"]): Label(
-                int(item["index"]), item["name"], item["color"]
-            )
-            for item in data["labels"]
-        }
-        model.kernels = list(data["kernels"])
-        model.host_memory_mib = int(data["host_memory_mib"])
-        model.dom0_maxmem_mib = int(data["dom0_maxmem_mib"])
-        model.globals.values = dict(data["globals"])
-        model.domains = {}
-        for item in data["domains"]:
-            qube = QUBE_CLASSES[item["class"]](model)
-            qube.values = dict(item["properties"])
-            qube.features.update(item["features"])
-            qube.tags = set(item["tags"])
-            qube.power_state = item["power_state"]
-            qube.xid = int(item["xid"])
-            qube.start_time = item["start_time"]
-            qube.volume_sizes = {
-                k: int(v) for k, v in item["volume_sizes"].items()
-            }
-            model.domains[qube.name] = qube
+        state.load_into(model, state.read(layout.state_file))
         return model
 
-    def to_dict(self) -> dict[str, Any]:
-        """The whole state as JSON-ready data."""
-        return {
-            "version": STATE_VERSION,
-            "labels": [vars(lb) for lb in self.labels.values()],
-            "kernels": self.kernels,
-            "host_memory_mib": self.host_memory_mib,
-            "dom0_maxmem_mib": self.dom0_maxmem_mib,
-            "globals": self.globals.values,
-            "domains": [
-                {
-                    "class": qube.klass,
-                    "properties": qube.values,
-                    "features": qube.features,
-                    "tags": sorted(qube.tags),
-                    "power_state": qube.power_state,
-                    "xid": qube.xid,
-                    "start_time": qube.start_time,
-                    "volume_sizes": qube.volume_sizes,
-                }
-                for qube in self.qubes()
-            ],
-        }
-
     def save(self) -> None:
-        """Write the state atomically: temp file, fsync, rename, fsync dir."""
-        path = self.layout.state_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        text = json.dumps(self.to_dict(), indent=1, sort_keys=False)
-        with tmp.open("w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        tmp.replace(path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        """Write the state atomically (temp file, fsync, rename, fsync)."""
+        state.write_atomic(self.layout.state_file, state.dump(self))
 
     # -- events --------------------------------------------------------------
 
@@ -674,8 +566,3 @@ class Dom0Model:
 def system_info_from_file(layout: SimLayout) -> dict[str, Any]:
     """``system_info()`` of the machine as last saved in *layout*."""
     return Dom0Model.load(layout).system_info()
-
-
-def state_exists(path: Path) -> bool:
-    """Whether *path* holds a simulated dom0's state file."""
-    return path.is_file()

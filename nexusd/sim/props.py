@@ -1,24 +1,36 @@
 # SPDX-License-Identifier: MIT
-"""Property definitions of the simulated qubes and of the system.
+"""Property tables of the simulated qubes and of the system.
 
-One :class:`PropDef` per qubesd property: its wire type, load stage (which
-orders ``GetAll``), default, parser and setter checks, written from what
-qubesd does (``qubes/vm/qubesvm.py``, ``qubes/app.py``). Values are kept as
+One :class:`~nexusd.sim.propcheck.PropDef` per qubesd property: its wire
+type, load stage (which orders ``GetAll``), default and setter, as qubesd
+defines them (``qubes/vm/qubesvm.py``, ``qubes/app.py``). Values are kept as
 plain data: qubes and labels are referenced by name.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
-import string
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nexusd.names import QUBE_NAME_MAX
-from nexusd.sim.qubesexc import QubesPropertyValueError, QubesValueError
+from nexusd.sim.propcheck import (
+    Default,
+    NoValue,
+    PropDef,
+    set_default_user,
+    set_denied_list,
+    set_disp_template,
+    set_dispvm_template,
+    set_forbidden,
+    set_kbd_layout,
+    set_kernel,
+    set_kernelopts,
+    set_label,
+    set_mac,
+    set_netvm,
+    set_non_negative,
+    set_positive,
+    set_provides_network,
+    set_virt_mode,
+)
 
 if TYPE_CHECKING:
     from nexusd.sim.holders import Holder
@@ -30,298 +42,7 @@ __all__ = [
     "GLOBAL_PROPS",
     "STANDALONEVM_PROPS",
     "TEMPLATEVM_PROPS",
-    "NoValue",
-    "PropDef",
-    "validate_name",
 ]
-
-#: qubesd's limit on ``kernelopts`` (qubes/vm/qubesvm.py).
-KERNELOPTS_MAX = 512
-_NAME_RE = re.compile(r"\A[a-zA-Z][a-zA-Z0-9_.-]*\Z")
-_NAME_START_RE = re.compile(r"\A[0-9_.-]")
-_MAC_RE = re.compile(r"\A([0-9a-f][0-9a-f]:){5}[0-9a-f][0-9a-f]\Z")
-_USER_TEXT = string.ascii_letters + string.digits + "_-+,."
-_USER_CHARS = frozenset(_USER_TEXT)
-_KBD_VARIANT_RE = re.compile(r"\A[a-zA-Z0-9-_]*\Z")
-_KBD_OPTIONS_RE = re.compile(r"\A[a-zA-Z0-9-_:,]*\Z")
-_PRINTABLE = frozenset(string.printable)
-_BOOL_FALSE = ("0", "no", "false", "off")
-_BOOL_TRUE = ("1", "yes", "true", "on")
-
-
-class NoValue(Exception):
-    """The property is unset and has no default."""
-
-
-def validate_name(untrusted_name: str) -> str:
-    """Return *untrusted_name* if qubesd's ``validate_name`` accepts it.
-
-    Raises:
-        QubesValueError: with qubesd's message for the first rule broken.
-    """
-    if len(untrusted_name) > QUBE_NAME_MAX:
-        msg = "VM name must be shorter than 32 characters"
-        raise QubesValueError(msg)
-    if _NAME_START_RE.match(untrusted_name):
-        msg = "VM name cannot start with hyphen, underscore, dot or numbers"
-        raise QubesValueError(msg)
-    if not _NAME_RE.match(untrusted_name):
-        msg = "VM name contains illegal characters"
-        raise QubesValueError(msg)
-    if untrusted_name == "Domain-0":
-        msg = "VM name cannot be 'Domain-0'"
-        raise QubesValueError(msg)
-    if untrusted_name in ("none", "default"):
-        msg = "VM name cannot be 'none' nor 'default'"
-        raise QubesValueError(msg)
-    if untrusted_name.endswith("-dm"):
-        msg = "VM name cannot end with -dm"
-        raise QubesValueError(msg)
-    return untrusted_name
-
-
-Default = Callable[["Holder"], Any]
-Setter = Callable[["Holder", "PropDef", Any], Any]
-
-
-@dataclass(frozen=True)
-class PropDef:
-    """One property: how it is typed, defaulted, parsed and checked.
-
-    ``kind`` is the wire type of ``Get`` (``str``, ``int``, ``bool``, ``vm``
-    or ``label``); ``parse`` names the Python type qubesd converts a ``Set``
-    payload to (``int``, ``bool``, ``IPv4Address``, ...), or ``None`` for
-    free text.
-    """
-
-    name: str
-    kind: str = "str"
-    parse: str | None = None
-    stage: int = 2
-    default: Default | None = None
-    setter: Setter | None = None
-    write_once: bool = False
-    stateless: bool = False
-    vmclass: tuple[str, ...] = ()
-    allow_none: bool = False
-
-    @property
-    def sort_key(self) -> tuple[int, int, str]:
-        """qubesd's property order: load stage, order, name."""
-        return (self.stage, 0, self.name)
-
-
-# -- parsers -----------------------------------------------------------------
-
-
-def parse_bool(value: str) -> bool:
-    """qubesd's boolean literals, case-insensitive.
-
-    Raises:
-        QubesValueError: any other text.
-    """
-    low = value.lower()
-    if low in _BOOL_FALSE:
-        return False
-    if low in _BOOL_TRUE:
-        return True
-    msg = f"Invalid literal for boolean property: {value!r}"
-    raise QubesValueError(msg)
-
-
-def _to_int(value: str) -> int:
-    return int(value)
-
-
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "int": _to_int,
-    "bool": parse_bool,
-    "IPv4Address": lambda v: str(ipaddress.IPv4Address(v)),
-    "IPv6Address": lambda v: str(ipaddress.IPv6Address(v)),
-    "UUID": lambda v: str(uuid.UUID(v)),
-}
-
-
-def sanitize(prop: PropDef, untrusted_payload: bytes) -> Any:
-    """Parse a ``Set`` payload for *prop* as qubesd's ``sanitize`` does.
-
-    Returns the value (a qube name, possibly ``""``, for ``vm`` properties).
-
-    Raises:
-        QubesValueError: non-ASCII bytes, a value that does not parse, a
-            bad qube name, or a non-printable character in text.
-    """
-    try:
-        untrusted_text = untrusted_payload.decode("ascii")
-    except UnicodeDecodeError:
-        if prop.kind == "vm":
-            raise QubesValueError("") from None
-        msg = "Non-ASCII bytes in property value"
-        raise QubesValueError(msg) from None
-    if prop.kind == "vm":
-        if untrusted_text == "":
-            return ""
-        return validate_name(untrusted_text)
-    if prop.parse is not None:
-        try:
-            return _PARSERS[prop.parse](untrusted_text)
-        except QubesValueError:
-            raise
-        except ValueError:
-            msg = f"Failed to parse property value as {prop.parse}"
-            raise QubesValueError(msg) from None
-    if not all(ch in _PRINTABLE for ch in untrusted_text):
-        msg = "Invalid characters in property value"
-        raise QubesValueError(msg)
-    return untrusted_text
-
-
-# -- setters (checks on the parsed value) -------------------------------------
-
-
-def _forbidden(holder: Holder, prop: PropDef, value: Any) -> Any:
-    msg = f"property {prop.name!r} on {holder.klass} instance cannot be set"
-    raise QubesPropertyValueError(msg)
-
-
-def _positive(holder: Holder, prop: PropDef, value: Any) -> Any:
-    if int(value) <= 0:
-        msg = f"{prop.name} must be positive"
-        raise QubesPropertyValueError(msg)
-    return int(value)
-
-
-def _non_negative(holder: Holder, prop: PropDef, value: Any) -> Any:
-    if int(value) < 0:
-        msg = f"{prop.name} must be positive or zero"
-        raise QubesPropertyValueError(msg)
-    return int(value)
-
-
-def _kernel(holder: Holder, prop: PropDef, value: Any) -> Any:
-    if not value:
-        return ""
-    if "/" in str(value):
-        msg = "Kernel name cannot contain '/'"
-        raise QubesPropertyValueError(msg)
-    if str(value) not in holder.app.kernels:
-        msg = f"Kernel {str(value)!r} not installed"
-        raise QubesPropertyValueError(msg)
-    return str(value)
-
-
-def _kernelopts(holder: Holder, prop: PropDef, value: Any) -> Any:
-    if not value:
-        return ""
-    if len(str(value)) > KERNELOPTS_MAX:
-        msg = "Kernelopts value too long (512 chars max)"
-        raise QubesPropertyValueError(msg)
-    return str(value)
-
-
-def _default_user(holder: Holder, prop: PropDef, value: Any) -> Any:
-    if not all(ch in _USER_CHARS for ch in str(value)):
-        msg = "Username can contain only those characters: " + _USER_TEXT
-        raise QubesPropertyValueError(msg)
-    return str(value)
-
-
-def _virt_mode(holder: Holder, prop: PropDef, value: Any) -> Any:
-    low = str(value).lower()
-    if low not in ("hvm", "pv", "pvh"):
-        msg = "Invalid virtualization mode, supported values: hvm, pv, pvh"
-        raise QubesPropertyValueError(msg)
-    return low
-
-
-def _mac(holder: Holder, prop: PropDef, value: Any) -> Any:
-    low = str(value).lower()
-    if _MAC_RE.match(low) is None:
-        # qubesd raises a bare ValueError here: the reply is empty.
-        msg = "Invalid MAC address value"
-        raise ValueError(msg)
-    return low
-
-
-def _kbd_layout(holder: Holder, prop: PropDef, value: Any) -> Any:
-    text = str(value)
-    parts = text.split("+")
-    if len(parts) != 3:
-        msg = "invalid number of keyboard layout parameters"
-        raise QubesPropertyValueError(msg)
-    if not parts[0].isalpha():
-        msg = "Invalid keyboard layout provided"
-        raise QubesPropertyValueError(msg)
-    if not _KBD_VARIANT_RE.match(parts[1]):
-        msg = "Invalid layout variant provided"
-        raise QubesPropertyValueError(msg)
-    if not _KBD_OPTIONS_RE.match(parts[2]):
-        msg = "Invalid layout options provided"
-        raise QubesPropertyValueError(msg)
-    return text
-
-
-def _denied_list(holder: Holder, prop: PropDef, value: Any) -> Any:
-    if not value:
-        return ""
-    if not re.fullmatch(r"([bump\*][0123456789abcdef\*]{6})*", str(value)):
-        msg = (
-            "Interface code list should be in the form chhhhhhchhhhhh...,"
-            'where c is one of "b", "u", "m", "p", "*" '
-            'and h is a hexdigit or "*".'
-        )
-        raise QubesPropertyValueError(msg)
-    return str(value)
-
-
-def _netvm(holder: Holder, prop: PropDef, value: Any) -> Any:
-    if value is None:
-        return None
-    target = holder.app.domains[value]
-    if not target.get_or_none("provides_network"):
-        msg = f"The {value} qube does not provide network"
-        raise QubesValueError(msg)
-    if value == holder.name or value in holder.app.connected_to(holder.name):
-        msg = "Loops in network are unsupported"
-        raise QubesValueError(msg)
-    return value
-
-
-def _provides_network(holder: Holder, prop: PropDef, value: Any) -> Any:
-    if not value and any(
-        vm.get_or_none("netvm") == holder.name for vm in holder.app.qubes()
-    ):
-        msg = (
-            "The qube is still used by other qubes, change theirs 'netvm' first"
-        )
-        raise QubesValueError(msg)
-    return value
-
-
-def _dispvm_template(holder: Holder, prop: PropDef, value: Any) -> Any:
-    if not value:
-        return value
-    target = holder.app.domains[value]
-    if not target.get_or_none("template_for_dispvms"):
-        where = "system" if holder.klass == "Qubes" else f"qube {holder.name!r}"
-        msg = (
-            f"Cannot set invalid property to {where}, {prop.name} "
-            f"{value!r} has template_for_dispvms set to False"
-        )
-        raise QubesPropertyValueError(msg)
-    return value
-
-
-def _disp_template(holder: Holder, prop: PropDef, value: Any) -> Any:
-    target = holder.app.domains[value]
-    if not target.get_or_none("template_for_dispvms"):
-        msg = "template for disposable must have template_for_dispvms=True"
-        raise QubesPropertyValueError(msg)
-    return value
-
-
-def _label(holder: Holder, prop: PropDef, value: Any) -> Any:
-    return holder.app.get_label(str(value)).name
 
 
 # -- defaults -----------------------------------------------------------------
@@ -448,7 +169,7 @@ def _stateless(name: str, default: Default, kind: str = "str") -> PropDef:
         kind,
         kind if kind != "str" else None,
         default=default,
-        setter=_forbidden,
+        setter=set_forbidden,
         stateless=True,
     )
 
@@ -461,7 +182,7 @@ _BASE = (
     PropDef("uuid", parse="UUID", write_once=True),
     PropDef("name", write_once=True),
     _int("qid", None, write_once=True),
-    PropDef("label", "label", setter=_label),
+    PropDef("label", "label", setter=set_label),
     _stateless("klass", lambda h: h.klass),
     _stateless("icon", _icon),
 )
@@ -474,34 +195,39 @@ _QUBESVM = (
     _p(
         "virt_mode",
         default=_from_template("virt_mode", _const("pvh")),
-        setter=_virt_mode,
+        setter=set_virt_mode,
     ),
     _bool("installed_by_rpm", False),
-    _int("memory", _from_template("memory", _const(400)), setter=_positive),
-    _int("maxmem", _maxmem, setter=_non_negative),
-    _int("stubdom_mem", _const(None), setter=_positive),
-    _int("vcpus", _from_template("vcpus", _const(2)), setter=_positive),
+    _int("memory", _from_template("memory", _const(400)), setter=set_positive),
+    _int("maxmem", _maxmem, setter=set_non_negative),
+    _int("stubdom_mem", _const(None), setter=set_positive),
+    _int("vcpus", _from_template("vcpus", _const(2)), setter=set_positive),
     _p(
         "kernel",
         default=_from_template("kernel", _global("default_kernel")),
-        setter=_kernel,
+        setter=set_kernel,
     ),
-    _p("kernelopts", stage=4, default=_kernelopts_default, setter=_kernelopts),
+    _p(
+        "kernelopts",
+        stage=4,
+        default=_kernelopts_default,
+        setter=set_kernelopts,
+    ),
     _bool("debug", False),
     _p(
         "default_user",
         default=_from_template("default_user", _const("user")),
-        setter=_default_user,
+        setter=set_default_user,
     ),
     _int(
         "qrexec_timeout",
         _from_template("qrexec_timeout", _global("default_qrexec_timeout")),
-        setter=_positive,
+        setter=set_positive,
     ),
     _int(
         "shutdown_timeout",
         _from_template("shutdown_timeout", _global("default_shutdown_timeout")),
-        setter=_positive,
+        setter=set_positive,
     ),
     _bool("autostart", False),
     _bool("include_in_backups", True),
@@ -510,36 +236,36 @@ _QUBESVM = (
         "default_dispvm",
         _global("default_dispvm"),
         allow_none=True,
-        setter=_dispvm_template,
+        setter=set_dispvm_template,
     ),
     _vm(
         "management_dispvm",
         _from_template("management_dispvm", _global("management_dispvm")),
         allow_none=True,
-        setter=_dispvm_template,
+        setter=set_dispvm_template,
     ),
     PropDef(
         "updateable",
         "bool",
         "bool",
         default=lambda h: h.klass not in ("AppVM", "DispVM"),
-        setter=_forbidden,
+        setter=set_forbidden,
     ),
-    _p("devices_denied", default=_const(""), setter=_denied_list),
+    _p("devices_denied", default=_const(""), setter=set_denied_list),
     _p(
         "keyboard_layout",
         default=lambda h: _guivm_layout(h),
-        setter=_kbd_layout,
+        setter=set_kbd_layout,
     ),
     _stateless("xid", _running_int, "int"),
     _stateless("stubdom_uuid", _const("")),
     _stateless("stubdom_xid", _const(-1), "int"),
     _stateless("start_time", _start_time),
     # network (qubes/vm/mix/net.py)
-    _p("mac", default=_const("00:16:3e:5e:6c:00"), setter=_mac),
+    _p("mac", default=_const("00:16:3e:5e:6c:00"), setter=set_mac),
     _p("ip", parse="IPv4Address", default=_ip),
     _p("ip6", parse="IPv6Address", default=_const(None)),
-    _bool("provides_network", False, setter=_provides_network),
+    _bool("provides_network", False, setter=set_provides_network),
     _stateless("visible_ip", lambda h: h.get("ip")),
     _stateless("visible_ip6", lambda h: h.get("ip6")),
     _stateless("visible_gateway", _visible_gateway),
@@ -550,7 +276,9 @@ _QUBESVM = (
     _stateless("dns", _dns),
 )
 
-_NETVM = _vm("netvm", _global("default_netvm"), allow_none=True, setter=_netvm)
+_NETVM = _vm(
+    "netvm", _global("default_netvm"), allow_none=True, setter=set_netvm
+)
 _DVM_TEMPLATE = _bool("template_for_dispvms", False)
 
 
@@ -569,7 +297,7 @@ APPVM_PROPS = _table(
 )
 TEMPLATEVM_PROPS = _table(
     *_QUBESVM,
-    _vm("netvm", _const(None), allow_none=True, setter=_netvm),
+    _vm("netvm", _const(None), allow_none=True, setter=set_netvm),
     _p("appvm_default_bootmode", stage=4, default=_const("default")),
 )
 STANDALONEVM_PROPS = _table(*_QUBESVM, _NETVM, _DVM_TEMPLATE)
@@ -580,7 +308,7 @@ DISPVM_PROPS = _table(
         if p.name not in ("include_in_backups", "default_dispvm")
     ),
     _NETVM,
-    _vm("template", None, setter=_disp_template),
+    _vm("template", None, setter=set_disp_template),
     _int("dispid", None, write_once=True),
     _bool("auto_cleanup", False),
     PropDef(
@@ -593,33 +321,33 @@ DISPVM_PROPS = _table(
         "default_dispvm",
         lambda h: h.get_or_none("template"),
         allow_none=True,
-        setter=_dispvm_template,
+        setter=set_dispvm_template,
     ),
 )
 ADMINVM_PROPS = _table(
-    PropDef("name", default=_const("dom0"), setter=_forbidden),
-    _int("qid", _const(0), setter=_forbidden),
+    PropDef("name", default=_const("dom0"), setter=set_forbidden),
+    _int("qid", _const(0), setter=set_forbidden),
     PropDef(
         "uuid",
         default=_const("00000000-0000-0000-0000-000000000000"),
-        setter=_forbidden,
+        setter=set_forbidden,
     ),
-    PropDef("label", "label", setter=_label),
+    PropDef("label", "label", setter=set_label),
     _stateless("klass", lambda h: h.klass),
     _stateless("icon", _icon),
     _vm(
         "default_dispvm",
         _global("default_dispvm"),
         allow_none=True,
-        setter=_dispvm_template,
+        setter=set_dispvm_template,
     ),
     _bool("include_in_backups", True),
     PropDef(
-        "updateable", "bool", "bool", default=_const(True), setter=_forbidden
+        "updateable", "bool", "bool", default=_const(True), setter=set_forbidden
     ),
-    _p("devices_denied", default=_const(""), setter=_denied_list),
-    _p("keyboard_layout", default=_const("us++"), setter=_kbd_layout),
-    _int("maxmem", lambda h: h.app.dom0_maxmem_mib, setter=_forbidden),
+    _p("devices_denied", default=_const(""), setter=set_denied_list),
+    _p("keyboard_layout", default=_const("us++"), setter=set_kbd_layout),
+    _int("maxmem", lambda h: h.app.dom0_maxmem_mib, setter=set_forbidden),
 )
 
 
@@ -639,18 +367,18 @@ GLOBAL_PROPS = _table(
     ),
     _gvm("updatevm", _const(None), allow_none=True),
     _gvm("clockvm", _const(None), allow_none=True),
-    PropDef("default_kernel", stage=3, setter=_kernel),
+    PropDef("default_kernel", stage=3, setter=set_kernel),
     _gvm(
         "default_dispvm",
         _const(None),
         allow_none=True,
-        setter=_dispvm_template,
+        setter=set_dispvm_template,
     ),
     _gvm(
         "management_dispvm",
         _const(None),
         allow_none=True,
-        setter=_dispvm_template,
+        setter=set_dispvm_template,
     ),
     PropDef("default_pool", stage=3, default=_const("varlibqubes")),
     *(
@@ -676,9 +404,14 @@ GLOBAL_PROPS = _table(
         "int",
         stage=3,
         default=lambda h: h.app.host_memory_mib,
-        setter=_forbidden,
+        setter=set_forbidden,
     ),
     PropDef(
-        "no_cpus", "int", "int", stage=3, default=_const(4), setter=_forbidden
+        "no_cpus",
+        "int",
+        "int",
+        stage=3,
+        default=_const(4),
+        setter=set_forbidden,
     ),
 )
