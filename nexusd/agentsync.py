@@ -86,6 +86,11 @@ class AgentSync:
             self.delivered[qube] = self.delivered.get(qube, 0) + 1
             log.info("agent_synced", qube=qube, bytes=len(payload))
 
+    async def idle(self) -> None:
+        """Wait until no delivery is under way."""
+        while busy := [w for w in self._workers.values() if not w.done()]:
+            await asyncio.wait(busy)
+
     async def close(self) -> None:
         """Stop the workers; what they did not send stays pending."""
         for worker in self._workers.values():

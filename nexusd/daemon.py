@@ -25,6 +25,7 @@ import structlog
 
 from nexusd import __version__
 from nexusd.agentsync import AgentSync
+from nexusd.changes import ChangeFeed
 from nexusd.config import Config, ConfigError, load_config
 from nexusd.follower import QubesFollower
 from nexusd.guests import GuestRegistry
@@ -110,6 +111,14 @@ def bind_socket(path: Path) -> socket.socket:
     return sock
 
 
+def dbus_wanted(config: Config) -> bool:
+    """Whether to offer the D-Bus interface: always on dom0's system bus,
+    and with the simulated dom0 only on a bus named by NEXUS_DBUS_ADDRESS."""
+    if os.environ.get("NEXUS_DBUS_ADDRESS"):
+        return True
+    return config.sim_root is None
+
+
 class Daemon:
     """nexusd's parts, wired; usable in-process by tests and the demo."""
 
@@ -125,6 +134,8 @@ class Daemon:
         self.port = port if port is not None else make_port(config)
         self.notifier = notifier or Notifier()
         self.registry = GuestRegistry(config.qubes)
+        self.feed = ChangeFeed()
+        self.dbus: Any = None
         self.store: Store | None = None
         self.server: RpcServer | None = None
         self.follower: QubesFollower | None = None
@@ -138,7 +149,9 @@ class Daemon:
         """Open the database, serve the socket, follow qubesd."""
         self.store = await Store.open(self.config.database)
         limits = self.config.limits
-        self.links = LinkServices(self.config, self.store, self.registry)
+        self.links = LinkServices(
+            self.config, self.store, self.registry, feed=self.feed
+        )
         self.agents = AgentSync(
             self.port,
             self.registry,
@@ -152,6 +165,7 @@ class Daemon:
             self.registry,
             links_changed=self.links.changed,
             links_of=self.links.links_of,
+            feed=self.feed,
         )
         await self.links.sync_policy()
         specs = [*containers.specs(), *self.links.specs()]
@@ -186,6 +200,11 @@ class Daemon:
         interval = watchdog_interval()
         if interval is not None:
             self._tasks.append(asyncio.create_task(self._watchdog(interval)))
+        if dbus_wanted(self.config):
+            from nexusd.dbus.service import DbusService
+
+            self.dbus = DbusService(self)
+            await self.dbus.start()
         self.notifier.ready(f"serving on {self.config.paths.socket}")
         log.info(
             "daemon_started",
@@ -206,6 +225,9 @@ class Daemon:
             return
         self._stopped = True
         self.notifier.stopping()
+        if self.dbus is not None:
+            await self.dbus.stop()
+            self.dbus = None
         if self.server is not None:
             await self.server.close()
         for task in self._tasks:

@@ -57,6 +57,7 @@ class QubesFollower:
         self._on_start = on_start
         self.reconciled = asyncio.Event()
         self.reconciles = 0
+        self.applied = 0
 
     async def _fetch(self, name: str, info: Any) -> QubeState:
         settings = self._registry.settings
@@ -119,6 +120,7 @@ class QubesFollower:
                 raise
             except Exception:
                 log.exception("event_failed", event_name=event.name)
+            self.applied += 1
 
     async def apply(
         self, subject: str | None, name: str, kwargs: dict[str, str]

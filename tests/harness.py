@@ -37,6 +37,7 @@ class FakePort:
         self.queue: asyncio.Queue[FakeEvent] = asyncio.Queue()
         self.service_calls: list[tuple[str, str, bytes]] = []
         self.unreachable: set[str] = set()
+        self.emitted = 0
         self.add("dom0", "AdminVM", running=True)
 
     def add(
@@ -83,6 +84,7 @@ class FakePort:
             yield await self.queue.get()
 
     def emit(self, subject: str | None, name: str, **kwargs: str) -> None:
+        self.emitted += 1
         self.queue.put_nowait(FakeEvent(subject, name, kwargs))
 
 
@@ -102,13 +104,14 @@ async def start_daemon(root: Path, port: FakePort, **limits: Any) -> Daemon:
 
 
 async def settle(daemon: Daemon, port: FakePort) -> None:
-    """Wait until the follower has applied every queued event."""
-    for _ in range(200):
-        if port.queue.empty():
-            await asyncio.sleep(0.01)
-            if port.queue.empty():
-                return
-        await asyncio.sleep(0.005)
+    """Wait until the follower applied every event emitted so far (the
+    connection-established one included) and agents are idle."""
+    assert daemon.follower is not None
+    async with asyncio.timeout(10):
+        while daemon.follower.applied < port.emitted + 1:
+            await asyncio.sleep(0.002)
+        if daemon.agents is not None:
+            await daemon.agents.idle()
 
 
 async def raw_call(

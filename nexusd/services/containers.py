@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from nexusd.changes import Change, ChangeFeed
 from nexusd.config import Config
 from nexusd.errors import BadHeader
 from nexusd.guests import GuestRegistry
@@ -45,6 +46,7 @@ class ContainerServices:
         registry: GuestRegistry,
         links_changed: ChangeHook | None = None,
         links_of: ListHook | None = None,
+        feed: ChangeFeed | None = None,
     ) -> None:
         """Bind the handlers to nexusd's state; *links_changed* runs after
         a removal took links with it, *links_of* lists a qube's links."""
@@ -53,6 +55,7 @@ class ContainerServices:
         self._registry = registry
         self._links_changed = links_changed
         self._links_of = links_of
+        self._feed = feed or ChangeFeed()
 
     def specs(self) -> list[ServiceSpec]:
         """The services, for the RPC server."""
@@ -91,6 +94,10 @@ class ContainerServices:
                 quota_total=limits.containers_total,
             )
         )
+        if created:
+            self._feed.publish(
+                Change("container", "added", qube.name, name, record)
+            )
         return {"container": record, "created": created}
 
     async def remove(self, call: Call) -> dict[str, Any]:
@@ -109,6 +116,7 @@ class ContainerServices:
                 via="nexus.ContainerRemove",
             )
         )
+        self._feed.publish(Change("container", "removed", qube.name, name))
         if peers and self._links_changed is not None:
             await self._links_changed(peers | {qube.name})
         return {"removed": name, "links_removed": bool(peers)}
@@ -143,5 +151,8 @@ class ContainerServices:
                 state=report.state,
                 message=report.message,
             )
+        )
+        self._feed.publish(
+            Change("container", "changed", qube.name, name, record)
         )
         return {"container": record}

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from nexusd.agentsync import AgentSync
+from nexusd.changes import Change, ChangeFeed
 from nexusd.config import Config
 from nexusd.errors import BadArgument, BadHeader
 from nexusd.guests import GuestRegistry
@@ -54,8 +55,10 @@ class LinkServices:
         store: Store,
         registry: GuestRegistry,
         agents: AgentSync | None = None,
+        feed: ChangeFeed | None = None,
     ) -> None:
         """Bind to nexusd's state."""
+        self._feed = feed or ChangeFeed()
         self._config = config
         self._store = store
         self._registry = registry
@@ -105,6 +108,9 @@ class LinkServices:
             )
         )
         if created:
+            self._feed.publish(
+                Change("link", "added", caller.name, link["id"], link)
+            )
             await self.changed({caller.name, peer.name})
         return {"link": await self._annotate(link), "created": created}
 
@@ -125,6 +131,9 @@ class LinkServices:
                 to_container=target.container,
                 port=target.port,
             )
+        )
+        self._feed.publish(
+            Change("link", "removed", link["from"]["qube"], link["id"], link)
         )
         await self.changed({caller.name, other})
         return {"removed": link["id"]}
