@@ -10,21 +10,17 @@ in-VM header ``SERVICE+ARG dom0\\0``.
 from __future__ import annotations
 
 import asyncio
-import re
 import stat
 from pathlib import Path
 
-from nexusd.qubes.errors import InvalidValue, ServiceCallFailed
-from nexusd.qubes.wire import CHUNK, check_dest
+from nexusd.qubes.errors import ServiceCallFailed
+from nexusd.qubes.wire import CHUNK, check_dest, check_service
 from nexusd.sim.layout import SimLayout
 
 __all__ = ["SERVICE_REPLY_MAX", "call_sim_service", "service_paths"]
 
 #: Largest output nexusd takes from a service in a guest.
 SERVICE_REPLY_MAX = 1024 * 1024
-#: qrexec looks services up by file name (NAME_MAX).
-SERVICE_NAME_MAX = 255
-_SERVICE_RE = re.compile(r"\A[A-Za-z0-9_.-]+(\+[A-Za-z0-9_.+-]*)?\Z")
 
 
 def service_paths(root: Path, qube: str, service_and_arg: str) -> list[Path]:
@@ -34,13 +30,7 @@ def service_paths(root: Path, qube: str, service_and_arg: str) -> list[Path]:
         InvalidValue: the qube name or the service name is malformed.
     """
     check_dest(qube)
-    if (
-        len(service_and_arg) > SERVICE_NAME_MAX
-        or not service_and_arg.isascii()
-        or _SERVICE_RE.match(service_and_arg) is None
-    ):
-        msg = "service must match SERVICE[+ARG] in qrexec's charset"
-        raise InvalidValue(msg)
+    check_service(service_and_arg)
     rpc_dir = SimLayout(root).vm_rpc_dir(qube)
     service, sep, _ = service_and_arg.partition("+")
     paths = [rpc_dir / service_and_arg] if sep else []

@@ -31,12 +31,15 @@ from nexusd.qubes.wire import (
     EVENT_MAX,
     REPLY_MAX,
     build_request,
-    check_dest,
-    check_token,
-    parse_lines,
+    check_arg,
+    create_call,
+    decode_text,
+    encode_value,
+    parse_names,
     parse_property,
     parse_reply,
     parse_vm_list,
+    parse_volume_info,
     read_bounded,
     read_event,
 )
@@ -148,41 +151,42 @@ class SocketPort:
     async def get_tags(self, qube: str) -> frozenset[str]:
         """The tags of *qube*."""
         untrusted_text = await self.call(qube, "admin.vm.tag.List")
-        lines = parse_lines(untrusted_text=untrusted_text, what="tag list")
         return frozenset(
-            check_token("tag", line, allow_empty=False) for line in lines
+            parse_names(untrusted_text=untrusted_text, what="tag list")
         )
 
     async def add_tag(self, qube: str, tag: str) -> None:
         """Add *tag* to *qube*."""
-        await self.call(qube, "admin.vm.tag.Set", _arg("tag", tag))
+        await self.call(qube, "admin.vm.tag.Set", check_arg("tag", tag))
 
     async def remove_tag(self, qube: str, tag: str) -> None:
         """Remove *tag*; ``TagNotFound`` if absent."""
-        await self.call(qube, "admin.vm.tag.Remove", _arg("tag", tag))
+        await self.call(qube, "admin.vm.tag.Remove", check_arg("tag", tag))
 
     async def get_feature(self, qube: str, name: str) -> str | None:
         """The feature's value, or ``None`` when it is not set."""
         try:
             untrusted_value = await self.call(
-                qube, "admin.vm.feature.Get", _arg("feature", name)
+                qube, "admin.vm.feature.Get", check_arg("feature", name)
             )
         except FeatureNotFound:
             return None
-        return _parse_text(untrusted_value, "feature value")
+        return decode_text(untrusted_value=untrusted_value, what="a feature")
 
     async def set_feature(self, qube: str, name: str, value: str) -> None:
         """Set a feature; qubesd takes printable ASCII only."""
         await self.call(
             qube,
             "admin.vm.feature.Set",
-            _arg("feature", name),
-            _payload("feature value", value),
+            check_arg("feature", name),
+            encode_value("feature value", value),
         )
 
     async def remove_feature(self, qube: str, name: str) -> None:
         """Remove a feature; ``FeatureNotFound`` if not set."""
-        await self.call(qube, "admin.vm.feature.Remove", _arg("feature", name))
+        await self.call(
+            qube, "admin.vm.feature.Remove", check_arg("feature", name)
+        )
 
     async def list_features(self, qube: str) -> dict[str, str]:
         """Every feature of *qube* itself: one List, then one Get each.
@@ -190,12 +194,7 @@ class SocketPort:
         A feature removed between the two calls is left out.
         """
         untrusted_text = await self.call(qube, "admin.vm.feature.List")
-        names = [
-            check_token("feature", line, allow_empty=False)
-            for line in parse_lines(
-                untrusted_text=untrusted_text, what="feature list"
-            )
-        ]
+        names = parse_names(untrusted_text=untrusted_text, what="feature list")
         features: dict[str, str] = {}
         for name in names:
             value = await self.get_feature(qube, name)
@@ -206,7 +205,7 @@ class SocketPort:
     async def get_property(self, qube: str, name: str) -> PropertyValue:
         """One property of *qube*."""
         untrusted_text = await self.call(
-            qube, "admin.vm.property.Get", _arg("property", name)
+            qube, "admin.vm.property.Get", check_arg("property", name)
         )
         return parse_property(untrusted_text=untrusted_text)
 
@@ -215,18 +214,20 @@ class SocketPort:
         await self.call(
             qube,
             "admin.vm.property.Set",
-            _arg("property", name),
-            _payload("property value", value),
+            check_arg("property", name),
+            encode_value("property value", value),
         )
 
     async def reset_property(self, qube: str, name: str) -> None:
         """Reset a property to its default."""
-        await self.call(qube, "admin.vm.property.Reset", _arg("property", name))
+        await self.call(
+            qube, "admin.vm.property.Reset", check_arg("property", name)
+        )
 
     async def get_global_property(self, name: str) -> PropertyValue:
         """One global property."""
         untrusted_text = await self.call(
-            _DOM0, "admin.property.Get", _arg("property", name)
+            _DOM0, "admin.property.Get", check_arg("property", name)
         )
         return parse_property(untrusted_text=untrusted_text)
 
@@ -235,8 +236,8 @@ class SocketPort:
         await self.call(
             _DOM0,
             "admin.property.Set",
-            _arg("property", name),
-            _payload("property value", value),
+            check_arg("property", name),
+            encode_value("property value", value),
         )
 
     async def create_qube(
@@ -248,16 +249,7 @@ class SocketPort:
         pool: str | None = None,
     ) -> None:
         """Create a qube with ``admin.vm.Create.K`` or ``CreateInPool.K``."""
-        if not klass.isascii() or not klass.isalpha():
-            msg = "qube class must be letters only"
-            raise InvalidValue(msg)
-        fields = [f"name={check_dest(name)}", f"label={_arg('label', label)}"]
-        method = f"admin.vm.Create.{klass}"
-        if pool is not None:
-            method = f"admin.vm.CreateInPool.{klass}"
-            fields.append(f"pool={_arg('pool', pool)}")
-        arg = "" if template is None else check_dest(template)
-        payload = " ".join(fields).encode("ascii")
+        method, arg, payload = create_call(klass, name, label, template, pool)
         await self.call(_DOM0, method, arg, payload)
 
     async def remove_qube(self, name: str) -> None:
@@ -284,28 +276,14 @@ class SocketPort:
     async def list_volumes(self, qube: str) -> list[str]:
         """Names of the qube's volumes."""
         untrusted_text = await self.call(qube, "admin.vm.volume.List")
-        return [
-            check_token("volume", line, allow_empty=False)
-            for line in parse_lines(
-                untrusted_text=untrusted_text, what="volume list"
-            )
-        ]
+        return parse_names(untrusted_text=untrusted_text, what="volume list")
 
     async def volume_info(self, qube: str, volume: str) -> dict[str, str]:
         """``admin.vm.volume.Info``: its ``key=value`` lines as a dict."""
         untrusted_text = await self.call(
-            qube, "admin.vm.volume.Info", _arg("volume", volume)
+            qube, "admin.vm.volume.Info", check_arg("volume", volume)
         )
-        info: dict[str, str] = {}
-        for line in parse_lines(
-            untrusted_text=untrusted_text, what="volume info"
-        ):
-            key, sep, value = line.partition("=")
-            if not sep:
-                msg = "qubesd volume info line has no '='"
-                raise DaemonUnavailable(msg)
-            info[check_token("volume info key", key)] = value
-        return info
+        return parse_volume_info(untrusted_text=untrusted_text)
 
     async def import_volume(
         self,
@@ -327,7 +305,7 @@ class SocketPort:
         request = build_request(
             "admin.vm.volume.ImportWithSize",
             qube,
-            _arg("volume", volume),
+            check_arg("volume", volume),
             f"{size}\n".encode("ascii"),
         )
         sent = 0
@@ -449,22 +427,3 @@ class SocketPort:
     def events(self) -> AsyncIterator[Event]:
         """Follow ``admin.Events`` forever; see :func:`follow_events`."""
         return follow_events(self._events_once, self.backoff)
-
-
-def _arg(what: str, value: str) -> str:
-    return check_token(what, value, allow_empty=False)
-
-
-def _payload(what: str, value: str) -> bytes:
-    if not value.isascii():
-        msg = f"{what} must be ASCII"
-        raise InvalidValue(msg)
-    return value.encode("ascii")
-
-
-def _parse_text(untrusted_value: bytes, what: str) -> str:
-    try:
-        return untrusted_value.decode("utf-8")
-    except UnicodeDecodeError:
-        msg = f"qubesd sent a {what} that is not UTF-8"
-        raise DaemonUnavailable(msg) from None

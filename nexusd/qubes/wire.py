@@ -20,13 +20,20 @@ __all__ = [
     "EVENT_MAX",
     "REPLY_MAX",
     "build_request",
+    "check_arg",
     "check_dest",
+    "check_service",
     "check_token",
+    "create_call",
+    "decode_text",
+    "encode_value",
     "parse_event",
     "parse_lines",
+    "parse_names",
     "parse_property",
     "parse_reply",
     "parse_vm_list",
+    "parse_volume_info",
     "read_bounded",
     "read_event",
 ]
@@ -49,11 +56,13 @@ _ERROR = b"2\x00"
 _METHOD_RE = re.compile(r"\A[A-Za-z][A-Za-z0-9_.]*\Z")
 #: Arguments and other header-safe tokens (qrexec's RPC name charset).
 _TOKEN_RE = re.compile(r"\A[A-Za-z0-9_.+-]*\Z")
+_SERVICE_RE = re.compile(r"\A[A-Za-z0-9_.-]+(\+[A-Za-z0-9_.+-]*)?\Z")
 _CLASS_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 _UUID_RE = re.compile(r"\A[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\Z")
 _EVENT_NAME_RE = re.compile(r"\A[a-z][a-z0-9-]*(:[\x21-\x7e]*)?\Z")
 _KEY_RE = re.compile(r"\A[A-Za-z0-9_.-]+\Z")
-#: Longest argument or token nexusd puts in a header (qrexec's NAME_MAX).
+#: Longest argument, token or service name nexusd sends (qrexec looks
+#: services up by file name: NAME_MAX).
 TOKEN_MAX = 255
 _TYPE_WORDS = frozenset({"str", "int", "bool", "vm", "label"})
 _DOM0 = "dom0"
@@ -73,6 +82,83 @@ def check_token(what: str, value: str, *, allow_empty: bool = True) -> str:
         msg = f"{what} must match [A-Za-z0-9_.+-]*"
         raise InvalidValue(msg)
     return value
+
+
+def check_arg(what: str, value: str) -> str:
+    """Return *value* as a non-empty method argument (a tag, a feature...).
+
+    Raises:
+        InvalidValue: see :func:`check_token`.
+    """
+    return check_token(what, value, allow_empty=False)
+
+
+def encode_value(what: str, value: str) -> bytes:
+    """Return *value* as a payload: qubesd takes ASCII values only.
+
+    Raises:
+        InvalidValue: *value* is not ASCII.
+    """
+    if not value.isascii():
+        msg = f"{what} must be ASCII"
+        raise InvalidValue(msg)
+    return value.encode("ascii")
+
+
+def decode_text(*, untrusted_value: bytes, what: str) -> str:
+    """Return a reply's text value.
+
+    Raises:
+        BadReply: it is not UTF-8.
+    """
+    return _decode(untrusted_value, what)
+
+
+def create_call(
+    klass: str,
+    name: str,
+    label: str,
+    template: str | None = None,
+    pool: str | None = None,
+) -> tuple[str, str, bytes]:
+    """Return method, argument and payload of a qube creation.
+
+    ``admin.vm.Create.K`` takes ``name=N label=L``; with a pool it is
+    ``admin.vm.CreateInPool.K`` and ``pool=P`` follows. The template, if
+    any, is the argument.
+
+    Raises:
+        InvalidValue: a malformed class, name, label, template or pool.
+    """
+    if not klass.isascii() or not klass.isalpha():
+        msg = "qube class must be ASCII letters only"
+        raise InvalidValue(msg)
+    if not is_qube_name(name):
+        msg = f"invalid qube name (length {len(name)})"
+        raise InvalidValue(msg)
+    fields = [f"name={name}", f"label={check_arg('label', label)}"]
+    method = f"admin.vm.Create.{klass}"
+    if pool is not None:
+        method = f"admin.vm.CreateInPool.{klass}"
+        fields.append(f"pool={check_arg('pool', pool)}")
+    arg = "" if template is None else check_dest(template)
+    return method, arg, " ".join(fields).encode("ascii")
+
+
+def check_service(service_and_arg: str) -> str:
+    """Return *service_and_arg* if it is ``SERVICE`` or ``SERVICE+ARG``.
+
+    Raises:
+        InvalidValue: too long for a file name, or outside qrexec's charset.
+    """
+    if (
+        len(service_and_arg) > TOKEN_MAX
+        or not service_and_arg.isascii()
+        or _SERVICE_RE.match(service_and_arg) is None
+    ):
+        msg = "service must match SERVICE[+ARG] in qrexec's charset"
+        raise InvalidValue(msg)
+    return service_and_arg
 
 
 def check_dest(qube: str) -> str:
@@ -223,7 +309,7 @@ def _parse_class(*, untrusted_klass: str) -> str:
 
 
 def _parse_state(*, untrusted_state: str | None) -> str:
-    if untrusted_state not in POWER_STATES:
+    if untrusted_state is None or untrusted_state not in POWER_STATES:
         msg = "qubesd listed a qube without a known power state"
         raise BadReply(msg)
     return untrusted_state
@@ -252,6 +338,42 @@ def parse_vm_list(*, untrusted_text: bytes) -> dict[str, QubeInfo]:
             raise BadReply(msg)
         qubes[info.name] = info
     return qubes
+
+
+def parse_names(*, untrusted_text: bytes, what: str) -> list[str]:
+    """Parse a ``name\n``-per-line list of tags, features or volumes.
+
+    Raises:
+        BadReply: a line is empty or outside ``[A-Za-z0-9_.+-]``.
+    """
+    names: list[str] = []
+    for untrusted_line in parse_lines(untrusted_text=untrusted_text, what=what):
+        if not untrusted_line or _TOKEN_RE.match(untrusted_line) is None:
+            msg = f"qubesd {what} has a malformed entry"
+            raise BadReply(msg)
+        names.append(untrusted_line)
+    return names
+
+
+def parse_volume_info(*, untrusted_text: bytes) -> dict[str, str]:
+    """Parse ``admin.vm.volume.Info``: one ``key=value`` per line.
+
+    Raises:
+        BadReply: a line without ``=``, a malformed or repeated key.
+    """
+    info: dict[str, str] = {}
+    for untrusted_line in parse_lines(
+        untrusted_text=untrusted_text, what="volume info"
+    ):
+        untrusted_key, sep, untrusted_value = untrusted_line.partition("=")
+        if not sep or _KEY_RE.match(untrusted_key) is None:
+            msg = "qubesd volume info has a malformed line"
+            raise BadReply(msg)
+        if untrusted_key in info:
+            msg = "qubesd volume info repeats a key"
+            raise BadReply(msg)
+        info[untrusted_key] = untrusted_value
+    return info
 
 
 def parse_property(*, untrusted_text: bytes) -> PropertyValue:

@@ -1,0 +1,562 @@
+# SPDX-License-Identifier: MIT
+"""The Admin API port on the ``qubesadmin`` library, as nexusd runs in dom0.
+
+The library is blocking, so every call runs in a small thread pool. Its
+application object is ``QubesLocal`` (``qubesadmin.Qubes()`` would pick the
+qrexec client outside a real dom0) with caching off, and its reply parser
+is replaced by nexusd's strict one: errors keep qubesd's class name, which
+qubesadmin folds into ``QubesException`` for server-only classes such as
+``QubesVMAlreadyExistsError``, and come out as :mod:`nexusd.qubes.errors`.
+Events use qubesadmin's ``EventsDispatcher``, one connection at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import qubesadmin
+import qubesadmin.app
+import qubesadmin.config
+import qubesadmin.events
+import qubesadmin.exc
+import structlog
+
+from nexusd.qubes.errors import (
+    DaemonUnavailable,
+    FeatureNotFound,
+    InvalidValue,
+    NotRunning,
+    QubesError,
+    ServiceCallFailed,
+    error_from_qubesd,
+)
+from nexusd.qubes.events import Backoff, follow_events
+from nexusd.qubes.port import Event, PropertyValue, QubeInfo
+from nexusd.qubes.wire import (
+    CHUNK,
+    check_arg,
+    check_dest,
+    check_service,
+    create_call,
+    encode_value,
+    parse_event,
+    parse_names,
+    parse_property,
+    parse_reply,
+    parse_vm_list,
+    parse_volume_info,
+)
+
+__all__ = ["QubesadminPort"]
+
+log = structlog.get_logger()
+
+T = TypeVar("T")
+
+#: Deadline of an ordinary call, in seconds.
+CALL_TIMEOUT = 30.0
+#: Deadline of start and shutdown (qubesd waits for the qube).
+POWER_TIMEOUT = 180.0
+#: Threads running blocking library calls.
+WORKERS = 4
+#: Events waiting for the consumer before the stream is dropped (a
+#: reconnect and a reconcile follow, so nothing is lost for good).
+EVENT_BACKLOG = 1000
+#: Largest output nexusd takes from a service in a guest.
+SERVICE_REPLY_MAX = 1024 * 1024
+_DOM0 = "dom0"
+
+
+class _App(qubesadmin.app.QubesLocal):  # type: ignore[misc]
+    """``QubesLocal`` whose replies go through nexusd's strict parser."""
+
+    @staticmethod
+    def _parse_qubesd_response(response_data: bytes) -> bytes:
+        return parse_reply(untrusted_reply=response_data)
+
+
+def _translate(err: Exception) -> Exception:
+    """Map what the library raised onto nexusd's errors."""
+    if isinstance(err, QubesError):
+        return err
+    if isinstance(err, qubesadmin.exc.QubesException):
+        return error_from_qubesd(type(err).__name__, str(err))
+    if isinstance(err, OSError):
+        return DaemonUnavailable(f"cannot reach qubesd: {err}")
+    if isinstance(err, ValueError):
+        return InvalidValue(str(err))
+    return err
+
+
+class QubesadminPort:
+    """Admin API calls through ``qubesadmin``.
+
+    Args:
+        socket_path: qubesd's socket, written to
+            ``qubesadmin.config.QUBESD_SOCKET``.
+        services_dir: where ``/etc/qubes-rpc`` is (volume import runs the
+            ``admin.vm.volume.ImportWithSize`` script found there).
+        call_timeout: deadline of one ordinary call, in seconds.
+        power_timeout: deadline of start and shutdown calls.
+        backoff: waits between reconnections of :meth:`events`.
+    """
+
+    def __init__(
+        self,
+        socket_path: Path | str = "/var/run/qubesd.sock",
+        *,
+        services_dir: Path | str | None = None,
+        call_timeout: float = CALL_TIMEOUT,
+        power_timeout: float = POWER_TIMEOUT,
+        backoff: Backoff | None = None,
+    ) -> None:
+        """Point the library at *socket_path*; nothing is opened yet."""
+        # XXX: qubesadmin reads the socket path from a module global; one
+        # path per process; accepted because nexusd talks to one qubesd.
+        qubesadmin.config.QUBESD_SOCKET = str(socket_path)
+        if services_dir is not None:
+            qubesadmin.config.QREXEC_SERVICES_DIR = str(services_dir)
+        self.socket_path = Path(socket_path)
+        self.call_timeout = call_timeout
+        self.power_timeout = power_timeout
+        self.backoff = backoff or Backoff()
+        self._app = _App()
+        self._app.cache_enabled = False
+        self._pool = ThreadPoolExecutor(WORKERS, "qubesadmin")
+
+    async def _run(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        timeout: float | None = None,
+    ) -> T:
+        """Run a blocking library call in the pool, with a deadline.
+
+        XXX: a call past its deadline keeps its thread until qubesd
+        answers; the pool then runs short; accepted because qubesd in dom0
+        answers or dies, and a dead socket fails at once.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = self.call_timeout if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._pool, functools.partial(fn, *args)),
+                deadline,
+            )
+        except TimeoutError:
+            msg = f"qubesd did not answer within {deadline:g} s"
+            raise DaemonUnavailable(msg) from None
+        except Exception as err:
+            translated = _translate(err)
+            if translated is err:
+                raise
+            raise translated from None
+
+    def _vm(self, qube: str) -> Any:
+        return self._app.domains.get_blind(check_dest(qube))
+
+    def _call(
+        self, dest: str, method: str, arg: str | None, payload: bytes | None
+    ) -> bytes:
+        result: bytes = self._app.qubesd_call(dest, method, arg, payload)
+        return result
+
+    async def close(self) -> None:
+        """Let the pool's threads end once their calls return."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def list_qubes(self) -> dict[str, QubeInfo]:
+        """Every qube from one ``admin.vm.List`` (no VMCollection cache)."""
+        untrusted_text = await self._run(
+            self._call, _DOM0, "admin.vm.List", None, None
+        )
+        return parse_vm_list(untrusted_text=untrusted_text)
+
+    async def get_tags(self, qube: str) -> frozenset[str]:
+        """The tags of *qube*."""
+        untrusted_text = await self._run(
+            self._call, check_dest(qube), "admin.vm.tag.List", None, None
+        )
+        return frozenset(
+            parse_names(untrusted_text=untrusted_text, what="tag list")
+        )
+
+    async def add_tag(self, qube: str, tag: str) -> None:
+        """Add *tag* to *qube*."""
+        await self._run(self._vm(qube).tags.add, check_arg("tag", tag))
+
+    async def remove_tag(self, qube: str, tag: str) -> None:
+        """Remove *tag*; ``TagNotFound`` if absent."""
+        await self._run(self._vm(qube).tags.remove, check_arg("tag", tag))
+
+    async def get_feature(self, qube: str, name: str) -> str | None:
+        """The feature's value, or ``None`` when it is not set."""
+        features = self._vm(qube).features
+        try:
+            value: str = await self._run(
+                features.__getitem__, check_arg("feature", name)
+            )
+        except FeatureNotFound:
+            return None
+        return value
+
+    async def set_feature(self, qube: str, name: str, value: str) -> None:
+        """Set a feature; qubesd takes printable ASCII only."""
+        encode_value("feature value", value)
+        features = self._vm(qube).features
+        await self._run(features.__setitem__, check_arg("feature", name), value)
+
+    async def remove_feature(self, qube: str, name: str) -> None:
+        """Remove a feature; ``FeatureNotFound`` if not set."""
+        features = self._vm(qube).features
+        await self._run(features.__delitem__, check_arg("feature", name))
+
+    async def list_features(self, qube: str) -> dict[str, str]:
+        """Every feature of *qube* itself: one List, then one Get each."""
+        untrusted_text = await self._run(
+            self._call, check_dest(qube), "admin.vm.feature.List", None, None
+        )
+        features: dict[str, str] = {}
+        for name in parse_names(
+            untrusted_text=untrusted_text, what="feature list"
+        ):
+            value = await self.get_feature(qube, name)
+            if value is not None:
+                features[name] = value
+        return features
+
+    async def get_property(self, qube: str, name: str) -> PropertyValue:
+        """One property, default flag and type from one ``Get``."""
+        untrusted_text = await self._run(
+            self._call,
+            check_dest(qube),
+            "admin.vm.property.Get",
+            check_arg("property", name),
+            None,
+        )
+        return parse_property(untrusted_text=untrusted_text)
+
+    async def set_property(self, qube: str, name: str, value: str) -> None:
+        """Set a property from its text form."""
+        await self._run(
+            self._call,
+            check_dest(qube),
+            "admin.vm.property.Set",
+            check_arg("property", name),
+            encode_value("property value", value),
+        )
+
+    async def reset_property(self, qube: str, name: str) -> None:
+        """Reset a property to its default."""
+        await self._run(
+            self._call,
+            check_dest(qube),
+            "admin.vm.property.Reset",
+            check_arg("property", name),
+            None,
+        )
+
+    async def get_global_property(self, name: str) -> PropertyValue:
+        """One global property."""
+        untrusted_text = await self._run(
+            self._call,
+            _DOM0,
+            "admin.property.Get",
+            check_arg("property", name),
+            None,
+        )
+        return parse_property(untrusted_text=untrusted_text)
+
+    async def set_global_property(self, name: str, value: str) -> None:
+        """Set a global property from its text form."""
+        await self._run(
+            self._call,
+            _DOM0,
+            "admin.property.Set",
+            check_arg("property", name),
+            encode_value("property value", value),
+        )
+
+    async def create_qube(
+        self,
+        klass: str,
+        name: str,
+        label: str,
+        template: str | None = None,
+        pool: str | None = None,
+    ) -> None:
+        """Create a qube with ``app.add_new_vm``."""
+        create_call(klass, name, label, template, pool)
+        await self._run(
+            functools.partial(
+                self._app.add_new_vm,
+                klass,
+                name,
+                label,
+                template=template,
+                pool=pool,
+            )
+        )
+
+    async def remove_qube(self, name: str) -> None:
+        """Remove a halted qube (``del app.domains[name]``)."""
+        await self._run(self._app.domains.__delitem__, check_dest(name))
+
+    async def start(self, name: str) -> None:
+        """Start a qube; qubesd answers once it is up."""
+        await self._run(self._vm(name).start, timeout=self.power_timeout)
+
+    async def shutdown(
+        self, name: str, force: bool = False, wait: bool = False
+    ) -> None:
+        """Shut a qube down, optionally forced and waiting for the end."""
+        await self._run(
+            functools.partial(self._vm(name).shutdown, force=force, wait=wait),
+            timeout=self.power_timeout,
+        )
+
+    async def kill(self, name: str) -> None:
+        """Kill a qube at once."""
+        await self._run(self._vm(name).kill)
+
+    async def list_volumes(self, qube: str) -> list[str]:
+        """Names of the qube's volumes."""
+        untrusted_text = await self._run(
+            self._call, check_dest(qube), "admin.vm.volume.List", None, None
+        )
+        return parse_names(untrusted_text=untrusted_text, what="volume list")
+
+    async def volume_info(self, qube: str, volume: str) -> dict[str, str]:
+        """``admin.vm.volume.Info`` as a dict."""
+        untrusted_text = await self._run(
+            self._call,
+            check_dest(qube),
+            "admin.vm.volume.Info",
+            check_arg("volume", volume),
+            None,
+        )
+        return parse_volume_info(untrusted_text=untrusted_text)
+
+    async def import_volume(
+        self,
+        qube: str,
+        volume: str,
+        size: int,
+        chunks: AsyncIterator[bytes],
+    ) -> None:
+        """Stream *size* bytes into a volume with ``import_data_with_size``.
+
+        The library reads a file: it gets the read end of a pipe, and the
+        chunks go into the write end as they come, so the pipe's buffer is
+        all that is held. At most ``size + 1`` bytes are written, so that a
+        longer stream fails the import instead of being cut to fit.
+        """
+        if size < 0:
+            msg = f"volume size must not be negative, got {size}"
+            raise InvalidValue(msg)
+        vm = self._vm(qube)
+        check_arg("volume", volume)
+        read_fd, write_fd = os.pipe()
+        loop = asyncio.get_running_loop()
+        with open(read_fd, "rb") as stream:
+            target = vm.volumes[volume]
+            importing = loop.run_in_executor(
+                self._pool, target.import_data_with_size, stream, size
+            )
+            sent = await _feed_pipe(loop, write_fd, chunks, size, importing)
+            try:
+                await importing
+            except Exception as err:
+                translated = _translate(err)
+                if translated is err:
+                    raise
+                raise translated from None
+        if sent != size:
+            msg = f"import had {sent} bytes for a size of {size}"
+            raise InvalidValue(msg)
+        log.info("qube_volume_imported", qube=qube, volume=volume, size=size)
+
+    async def call_service(
+        self,
+        qube: str,
+        service_and_arg: str,
+        payload: bytes,
+        timeout: float,
+    ) -> bytes:
+        """Call a service in a running qube with ``run_service``.
+
+        ``autostart=False``: a halted qube is refused, never started. The
+        output is read with a cap (``run_service_for_stdio`` would keep
+        all of it) and the call is killed at *timeout*.
+
+        Returns:
+            The service's output, untrusted: it comes from the guest.
+        """
+        check_service(service_and_arg)
+        vm = self._vm(qube)
+        if not await self._run(vm.is_running):
+            msg = f"qube {qube!r} is not running; not starting it"
+            raise NotRunning(msg)
+        return await self._run(
+            _run_service,
+            vm,
+            service_and_arg,
+            payload,
+            timeout,
+            timeout=timeout + self.call_timeout,
+        )
+
+    async def _events_once(self) -> AsyncIterator[Event]:
+        """One admin.Events connection through ``EventsDispatcher``."""
+        queue: asyncio.Queue[Event] = asyncio.Queue(EVENT_BACKLOG)
+        dispatcher = qubesadmin.events.EventsDispatcher(
+            self._app, enable_cache=False
+        )
+        overflow = False
+
+        def handler(subject: Any, event: str, **kwargs: Any) -> None:
+            nonlocal overflow
+            fields = [str(subject or "").encode(), event.encode()]
+            for key, value in kwargs.items():
+                fields += [str(key).encode(), str(value).encode()]
+            try:
+                queue.put_nowait(parse_event(untrusted_fields=fields))
+            except asyncio.QueueFull:
+                overflow = True
+                dispatcher.stop()
+            except QubesError:
+                log.warning("qubesd_event_dropped", event_length=len(event))
+
+        dispatcher.add_handler("*", handler)
+        listener = asyncio.create_task(
+            dispatcher.listen_for_events(reconnect=False)
+        )
+        getter: asyncio.Future[Event] | None = None
+        try:
+            while not (listener.done() and queue.empty()):
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait(
+                    {getter, listener}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not getter.done():
+                    getter.cancel()
+                    getter = None
+                    continue
+                event = getter.result()
+                getter = None
+                yield event
+            if overflow:
+                msg = f"over {EVENT_BACKLOG} events waiting; reconnecting"
+                raise DaemonUnavailable(msg)
+            err = listener.exception()
+            if err is not None:
+                msg = f"events stream failed: {type(err).__name__}"
+                raise DaemonUnavailable(msg)
+        finally:
+            if getter is not None:
+                getter.cancel()
+            dispatcher.stop()
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
+
+    def events(self) -> AsyncIterator[Event]:
+        """Follow ``admin.Events`` forever; see :func:`follow_events`."""
+        return follow_events(self._events_once, self.backoff)
+
+
+async def _feed_pipe(
+    loop: asyncio.AbstractEventLoop,
+    write_fd: int,
+    chunks: AsyncIterator[bytes],
+    size: int,
+    importing: asyncio.Future[Any],
+) -> int:
+    """Write up to ``size + 1`` bytes of *chunks* into the pipe, close it."""
+    sent = 0
+    try:
+        async for chunk in chunks:
+            part = chunk[: size + 1 - sent]
+            await loop.run_in_executor(None, _write_all, write_fd, part)
+            sent += len(part)
+            if sent > size or importing.done():
+                break
+    except BrokenPipeError:
+        log.warning("volume_import_cut", sent=sent, size=size)
+    finally:
+        os.close(write_fd)
+    return sent
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view[:CHUNK]) :]
+
+
+def _run_service(
+    vm: Any, service_and_arg: str, payload: bytes, timeout: float
+) -> bytes:
+    """Blocking: run the service, feed *payload*, read a capped output."""
+    try:
+        proc = vm.run_service(
+            service_and_arg,
+            autostart=False,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError as err:
+        msg = f"cannot run qrexec-client: {err.strerror or err}"
+        raise ServiceCallFailed(msg) from None
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, expire)
+    timer.start()
+    try:
+        feeder = threading.Thread(
+            target=_feed_stdin, args=(proc.stdin, payload), daemon=True
+        )
+        feeder.start()
+        untrusted_output = bytearray()
+        while chunk := proc.stdout.read1(CHUNK):
+            untrusted_output += chunk
+            if len(untrusted_output) > SERVICE_REPLY_MAX:
+                proc.kill()
+                msg = f"{service_and_arg} sent over {SERVICE_REPLY_MAX} bytes"
+                raise ServiceCallFailed(msg)
+        returncode = proc.wait()
+        feeder.join()
+    finally:
+        timer.cancel()
+        with contextlib.suppress(OSError):
+            proc.kill()
+        proc.stdout.close()
+        proc.wait()
+    if timed_out.is_set():
+        msg = f"{service_and_arg} gave no answer in {timeout:g} s"
+        raise ServiceCallFailed(msg)
+    if returncode:
+        msg = f"{service_and_arg} failed (qrexec-client exit {returncode})"
+        raise ServiceCallFailed(msg)
+    return bytes(untrusted_output)
+
+
+def _feed_stdin(stdin: Any, payload: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError, OSError):
+        stdin.write(payload)
+    with contextlib.suppress(BrokenPipeError, OSError):
+        stdin.close()
