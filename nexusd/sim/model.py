@@ -116,6 +116,11 @@ class Dom0Model:
 
         return unsubscribe
 
+    @property
+    def subscriber_count(self) -> int:
+        """How many event sinks are listening (one per events stream)."""
+        return len(self._sinks)
+
     def fire(self, subject: Holder | None, event: str, **kwargs: Any) -> None:
         """Send one event, kwargs rendered as qubesd's ``str()`` renders."""
         name = (
