@@ -231,7 +231,7 @@ def play(demo: Demo) -> None:
         {"ports": [5432], "autostart": True},
     )
     demo.guest(
-        "work repeats its request for 'web' (same answer: a retry is safe)",
+        "work repeats its request for 'web' (same answer: retries are safe)",
         "work",
         "nexus.ContainerCreate+web",
         {"ports": [8080], "resources": {"memory_mb": 512}},
