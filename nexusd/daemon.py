@@ -136,6 +136,12 @@ class Daemon:
         self.registry = GuestRegistry(config.qubes)
         self.feed = ChangeFeed()
         self.dbus: Any = None
+        #: Long administrator operations by name, for the D-Bus jobs:
+        #: ``import_template``, ``create_qube``, ``apply``, ``diff``,
+        #: ``audit``; each an async callable taking keyword arguments (and
+        #: ``progress=callable(done, total)`` where it reports progress)
+        #: and returning a JSON-able dict. Filled by ``nexusd.nixos``.
+        self.operations: dict[str, Any] = {}
         self.store: Store | None = None
         self.server: RpcServer | None = None
         self.follower: QubesFollower | None = None
