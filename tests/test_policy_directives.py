@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -333,3 +334,46 @@ class TestCheckPolicySet:
         )
 
         assert errors[0].startswith(f"{runtime / 'Links.policy'}:0: ")
+
+
+class TestHostileIncludes:
+    """Include paths that would make a naive loader raise or hang."""
+
+    @pytest.mark.parametrize(
+        "line",
+        [
+            pytest.param("!include a\x00b", id="nul-in-include"),
+            pytest.param("!include-dir a\x00b", id="nul-in-include-dir"),
+            pytest.param("!include-service s * a\x00b", id="nul-in-service"),
+            pytest.param("!include loop", id="symlink-loop"),
+            pytest.param("!include fifo", id="fifo"),
+            pytest.param("!include-dir 30-user.policy", id="dir-is-a-file"),
+            pytest.param("!include .", id="include-is-a-folder"),
+        ],
+    )
+    def test_bad_include_is_an_error_at_its_line(
+        self, tmp_path: Path, line: str
+    ) -> None:
+        """If an include cannot be followed, its line is the error."""
+        _, persistent, _ = _folders(tmp_path)
+        (persistent / "loop").symlink_to(persistent / "loop")
+        os.mkfifo(persistent / "fifo")
+        path = persistent / "30-user.policy"
+        path.write_text(f"# first\n{line}\n" + ALLOW_ALL)
+
+        policy = load_policy_set(None, persistent)
+
+        assert len(policy.errors) == 1
+        assert policy.errors[0].startswith(f"{path}:2: ")
+        assert policy.evaluate(PROBE, SYSTEM).action == "deny"
+
+    def test_include_dir_of_own_folder_is_a_loop(self, tmp_path: Path) -> None:
+        """If a file includes its own folder, the loop is an error."""
+        _, persistent, _ = _folders(tmp_path)
+        path = persistent / "30-user.policy"
+        path.write_text("!include-dir .\n")
+
+        policy = load_policy_set(None, persistent)
+
+        assert policy.errors
+        assert all("include loop" in error for error in policy.errors)

@@ -33,6 +33,7 @@ __all__ = [
     "MAX_ERRORS",
     "MAX_INCLUDE_DEPTH",
     "MAX_POLICY_FILE_BYTES",
+    "MAX_SET_BYTES",
     "MAX_SET_LINES",
     "POLICY_SUFFIX",
     "check_policy_set",
@@ -55,12 +56,23 @@ MAX_POLICY_FILE_BYTES = 16 * 1024 * 1024
 MAX_INCLUDE_DEPTH = 32
 #: Lines read in all, counting a file once per inclusion.
 MAX_SET_LINES = 2_000_000
+#: Bytes read in all, counting a file once per inclusion.
+MAX_SET_BYTES = 64 * 1024 * 1024
 #: Errors collected before loading stops.
 MAX_ERRORS = 100
 
 
 class _Stop(Exception):
     """Internal: too many errors or lines; stop loading."""
+
+
+def _resolve(path: Path, filepath: Path, lineno: int) -> Path:
+    """``path.resolve()``, with its failures as syntax errors at the line."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError) as err:
+        reason = f"cannot resolve {str(path)!r}: {err}"
+        raise PolicySyntaxError(filepath, lineno, reason) from err
 
 
 def _is_regular_file(path: Path) -> bool:
@@ -86,13 +98,13 @@ def _read_bytes(path: Path) -> bytes:
     fd = os.open(path, flags)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise IsADirectoryError(0, "not a regular file")
+            raise OSError("not a regular file")
         chunks = []
         size = 0
         while chunk := os.read(fd, 1 << 16):
             size += len(chunk)
             if size > MAX_POLICY_FILE_BYTES:
-                raise OSError(0, f"larger than {MAX_POLICY_FILE_BYTES} bytes")
+                raise OSError(f"larger than {MAX_POLICY_FILE_BYTES} bytes")
             chunks.append(chunk)
     finally:
         os.close(fd)
@@ -116,6 +128,7 @@ class _Loader:
         self.files: list[Path] = []
         self._stack: list[Path] = []
         self._lines = 0
+        self._bytes = 0
 
     def error(self, err: PolicySyntaxError) -> None:
         self.errors.append(str(err))
@@ -135,7 +148,11 @@ class _Loader:
             except PolicySyntaxError as err:
                 self.error(err)
                 continue
-            self.enter(path.resolve(), path, 0)
+            try:
+                self.enter(_resolve(path, path, 0), path, 0)
+            except PolicySyntaxError as err:
+                self.error(err)
+                continue
             try:
                 self.load_lines(lines, path, path.parent)
             finally:
@@ -146,8 +163,8 @@ class _Loader:
         try:
             names = os.listdir(dirpath)
             resolved_dir = dirpath.resolve()
-        except OSError as err:
-            reason = f"cannot list policy folder: {err.strerror}"
+        except (OSError, ValueError) as err:
+            reason = f"cannot list policy folder: {err}"
             self.error(PolicySyntaxError(dirpath, 0, reason))
             return {}
         found: dict[str, Path] = {}
@@ -178,7 +195,7 @@ class _Loader:
 
     def read(self, path: Path) -> list[str]:
         """The lines of *path*, or of its override."""
-        resolved = path.resolve()
+        resolved = _resolve(path, path, 0)
         if resolved in self.overrides:
             content = self.overrides[resolved]
             if content is None:
@@ -188,13 +205,17 @@ class _Loader:
         else:
             try:
                 data = _read_bytes(path)
-            except OSError as err:
-                reason = f"cannot read: {err.strerror}"
+            except (OSError, ValueError) as err:
+                reason = f"cannot read: {err}"
                 raise PolicySyntaxError(path, 0, reason) from err
+        self._bytes += len(data)
         lines = _decode(data, path)
         self._lines += len(lines)
-        if self._lines > MAX_SET_LINES:
-            reason = f"policy set longer than {MAX_SET_LINES} lines"
+        if self._lines > MAX_SET_LINES or self._bytes > MAX_SET_BYTES:
+            reason = (
+                f"policy set larger than {MAX_SET_LINES} lines"
+                f" or {MAX_SET_BYTES} bytes"
+            )
             self.error(PolicySyntaxError(path, 0, reason))
             raise _Stop
         return lines
@@ -213,7 +234,7 @@ class _Loader:
         self, included: str, base: Path, filepath: Path, lineno: int
     ) -> tuple[Path, list[str]]:
         """Resolve an included file against *base*, enter it, read it."""
-        resolved = (base / PurePosixPath(included)).resolve()
+        resolved = _resolve(base / PurePosixPath(included), filepath, lineno)
         if resolved not in self.overrides and not _is_regular_file(resolved):
             raise PolicySyntaxError(filepath, lineno, f"not a file: {resolved}")
         if self.overrides.get(resolved, "") is None:
@@ -275,8 +296,8 @@ class _Loader:
     def include_dir(
         self, included: str, base: Path, filepath: Path, lineno: int
     ) -> None:
-        resolved = (base / PurePosixPath(included)).resolve()
-        if not resolved.is_dir():
+        resolved = _resolve(base / PurePosixPath(included), filepath, lineno)
+        if not os.path.isdir(resolved):
             raise PolicySyntaxError(
                 filepath, lineno, f"not a directory: {resolved}"
             )
@@ -287,7 +308,7 @@ class _Loader:
                 path = listing[name]
                 try:
                     lines = self.read(path)
-                    self.enter(path.resolve(), filepath, lineno)
+                    self.enter(_resolve(path, path, 0), filepath, lineno)
                 except PolicySyntaxError as err:
                     self.error(err)
                     continue
@@ -359,11 +380,8 @@ class _Loader:
             return
         try:
             names = os.listdir(self.legacy_dir)
-        except OSError as err:
-            reason = (
-                f"cannot list legacy policy folder {self.legacy_dir}:"
-                f" {err.strerror}"
-            )
+        except (OSError, ValueError) as err:
+            reason = f"cannot list legacy policy folder: {err}"
             raise PolicySyntaxError(filepath, lineno, reason) from err
         services: dict[str, dict[str, str]] = {}
         for name in names:
@@ -418,12 +436,19 @@ def _load(
     legacy_dir: Path | None,
     overrides: Mapping[Path, str | None],
 ) -> PolicySet:
-    loader = _Loader(overrides, legacy_dir)
     dirs = [d for d in (runtime_dir, persistent_dir) if d is not None]
     try:
-        loader.load_dirs(dirs)
-    except _Stop:
-        pass
+        loader = _Loader(overrides, legacy_dir)
+        try:
+            loader.load_dirs(dirs)
+        except _Stop:
+            pass
+    except Exception:  # fail closed: a set that did not load denies
+        log.exception("policy_load_crashed")
+        reason = "internal error while loading the policy set"
+        return PolicySet(
+            errors=(str(PolicySyntaxError(persistent_dir, 0, reason)),)
+        )
     if loader.errors:
         log.error(
             "policy_load_failed",
