@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Build the nexusd RPM from the checkout with rpmbuild; `make rpm` runs this.
+# Arguments are passed on to rpmbuild (e.g. --without tests).
 #
 # The source tarball holds the files git tracks, as they are in the working
 # tree (so uncommitted edits are built; in CI the two are the same).
@@ -10,6 +11,9 @@
 #                          package's build root; on by default)
 #   NEXUSD_RPM_OUT=DIR     where the packages go (default: dist)
 #   NEXUSD_RPM_TOPDIR=DIR  rpmbuild's work folder (default: build/rpm)
+#   NEXUSD_RPM_PYTHON=X.Y  dom0's Python version, when it differs from this
+#                          machine's python3 (Qubes 4.3 dom0: 3.13); it
+#                          decides the site-packages path and python(abi)
 #   NEXUSD_RPM_PACKAGER=S  the Packager header (default: git's user.name and
 #                          user.email; the spec leaves it to the builder)
 set -euo pipefail
@@ -52,6 +56,12 @@ args=(--define "_topdir $top" --define "packager $packager" -ba "$spec")
 if ! rpm -q rpm >/dev/null 2>&1; then
     args=(--nodeps "${args[@]}")
 fi
+if [[ -n ${NEXUSD_RPM_PYTHON:-} ]]; then
+    [[ $NEXUSD_RPM_PYTHON =~ ^3\.[0-9]+$ ]] \
+        || { echo "build-rpm: NEXUSD_RPM_PYTHON must be like 3.13" >&2; exit 1; }
+    site=/usr/lib/python$NEXUSD_RPM_PYTHON/site-packages
+    args=(--define "python3_sitelib $site" "${args[@]}")
+fi
 if [[ ${NEXUSD_RPM_CHECK:-1} == 0 ]]; then
     args=(--without tests "${args[@]}")
 else
@@ -61,7 +71,7 @@ else
         && args=(--define "nexusd_shared_dir $(realpath ../shared)" "${args[@]}")
 fi
 
-rpmbuild "${args[@]}"
+rpmbuild "${args[@]}" "$@"
 
 while IFS= read -r -d '' built; do
     cp "$built" "$out/"
