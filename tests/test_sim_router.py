@@ -12,11 +12,13 @@ import pytest
 from nexusd.sim.layout import SimLayout
 from nexusd.sim.machine import init_machine
 from nexusd.sim.model import Dom0Model
+from nexusd.sim.qubesd import serve_qubesd
 from nexusd.sim.router import (
     EXIT_NOT_FOUND,
     EXIT_PROBLEM,
     EXIT_REFUSED,
     policy_decision,
+    policy_permits,
     route_call,
 )
 from nexusd.sim.settings import Settings
@@ -327,3 +329,72 @@ class TestHostileRequests:
 
         assert status == EXIT_REFUSED
         assert service.received == []
+
+
+ADMIN_POLICY = """\
+admin.vm.List * work @adminvm allow target=dom0
+admin.vm.List * work @tag:nexus-guest allow target=dom0
+admin.Events * work @adminvm allow target=dom0
+admin.Events * work @tag:nexus-guest allow target=dom0
+"""
+
+
+@pytest.fixture
+async def admin_qubesd(layout: SimLayout):
+    (layout.policy_dir / "25-admin.policy").write_text(ADMIN_POLICY)
+    model = Dom0Model.load(layout)
+    server = await serve_qubesd(
+        model,
+        layout.qubesd_socket,
+        permit=policy_permits(layout, model.system_info),
+    )
+    yield model
+    await server.close()
+
+
+class TestAdminApiThroughQrexec:
+    async def test_vm_list_from_a_qube_is_filtered_by_policy(
+        self, layout: SimLayout, admin_qubesd: Dom0Model
+    ) -> None:
+        """If work lists qubes through qrexec, qubesd gets the call with
+        work as source and answers only the qubes policy lets it see."""
+        status, out, _ = await call(
+            layout, "work", "@adminvm", "admin.vm.List", b""
+        )
+
+        names = [line.split(" ")[0] for line in out[2:].decode().splitlines()]
+        assert status == 0
+        assert out.startswith(b"0\x00")
+        assert names == ["dom0", "db", "work"]
+
+    async def test_events_from_a_qube_are_filtered_by_policy(
+        self, layout: SimLayout, admin_qubesd: Dom0Model
+    ) -> None:
+        """If work follows admin.Events, it gets events of nexus guests and
+        not of other qubes."""
+        reader, writer = await asyncio.open_unix_connection(
+            str(layout.qubesd_socket)
+        )
+        writer.write(b"admin.Events+ work name dom0\x00")
+        writer.write_eof()
+        first = await asyncio.wait_for(reader.readexactly(27), GUARD)
+
+        admin_qubesd.add_tag(admin_qubesd.domains["personal"], "seen-not")
+        admin_qubesd.add_tag(admin_qubesd.domains["db"], "seen")
+        message = await asyncio.wait_for(reader.readuntil(b"\x00\x00"), GUARD)
+        writer.close()
+
+        assert first == b"1\x00\x00connection-established\x00\x00"
+        assert (
+            message == b"1\x00db\x00domain-tag-add:seen\x00tag\x00seen\x00\x00"
+        )
+
+    async def test_admin_call_without_policy_is_refused(
+        self, layout: SimLayout, admin_qubesd: Dom0Model
+    ) -> None:
+        """If no rule allows an Admin API method to the qube, 126."""
+        status, _, _ = await call(
+            layout, "personal", "@adminvm", "admin.vm.List", b""
+        )
+
+        assert status == EXIT_REFUSED

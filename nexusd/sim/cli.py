@@ -105,9 +105,8 @@ async def _serve(layout: SimLayout) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with QubesdServer(
-        model, layout.qubesd_socket, permit=policy_permits(layout)
-    ):
+    permit = policy_permits(layout, model.system_info)
+    async with QubesdServer(model, layout.qubesd_socket, permit=permit):
         await stop.wait()
 
 

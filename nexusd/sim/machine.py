@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import nexusd
+from nexusd.sim.admin_api import METHODS
 from nexusd.sim.layout import SimLayout
 from nexusd.sim.model import Dom0Model
 from nexusd.sim.settings import Settings
@@ -226,6 +227,7 @@ def init_machine(root: Path, *, ask: str = "deny") -> Dom0Model:
         _USER_POLICY_TEXT, encoding="utf-8"
     )
     _link_nexus_services(layout)
+    _link_admin_api(layout)
     Settings(ask=ask).save(layout)
     model = build_demo_machine(layout)
     for qube in model.qubes():
@@ -233,6 +235,16 @@ def init_machine(root: Path, *, ask: str = "deny") -> Dom0Model:
             layout.vm_rpc_dir(qube.name).mkdir(parents=True, exist_ok=True)
             layout.vm_volume_dir(qube.name).mkdir(parents=True, exist_ok=True)
     return model
+
+
+def _link_admin_api(layout: SimLayout) -> None:
+    """Register qubesd's methods as dom0 services, as qubes-core-admin's
+    ``make install`` does: a symlink per method to qubesd's socket.
+    """
+    rpc_dir = layout.rpc_dirs[-1]
+    target = os.path.relpath(layout.qubesd_socket, rpc_dir)
+    for name in METHODS:
+        (rpc_dir / name).symlink_to(target)
 
 
 def _link_nexus_services(layout: SimLayout) -> None:

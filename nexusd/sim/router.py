@@ -29,6 +29,7 @@ import os
 import re
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -108,15 +109,54 @@ def _check_target(*, untrusted_target: str) -> str:
     return untrusted_target
 
 
+class _PolicyCache:
+    """The folder's policy set, parsed again only when a file changed."""
+
+    def __init__(self, layout: SimLayout) -> None:
+        self.layout = layout
+        self._signature: tuple[Any, ...] | None = None
+        self._policy: Any = None
+
+    def _current_signature(self) -> tuple[Any, ...]:
+        entries = []
+        for folder in (
+            self.layout.runtime_policy_dir,
+            self.layout.policy_dir,
+            self.layout.legacy_policy_dir,
+        ):
+            for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+                with contextlib.suppress(OSError):
+                    st = path.lstat()
+                    entries.append((str(path), st.st_mtime_ns, st.st_size))
+        return tuple(entries)
+
+    def get(self) -> Any:
+        signature = self._current_signature()
+        if signature != self._signature or self._policy is None:
+            self._policy = load_policy_set(
+                self.layout.runtime_policy_dir,
+                self.layout.policy_dir,
+                self.layout.legacy_policy_dir,
+            )
+            self._signature = signature
+        return self._policy
+
+
 def _decide(
-    layout: SimLayout, source: str, target: str, service_and_arg: str
+    layout: SimLayout,
+    source: str,
+    target: str,
+    service_and_arg: str,
+    *,
+    policy: Any = None,
+    info: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     service, argument = split_service(untrusted_service_and_arg=service_and_arg)
     target = _check_target(untrusted_target=target)
-    info = system_info_from_file(layout)
-    policy = load_policy_set(
-        layout.runtime_policy_dir, layout.policy_dir, layout.legacy_policy_dir
-    )
+    if info is None:
+        info = system_info_from_file(layout)
+    if policy is None:
+        policy = _PolicyCache(layout).get()
     decision = policy.evaluate(
         Request(
             service=service, argument=argument, source=source, target=target
@@ -167,16 +207,30 @@ def policy_decision(
     }
 
 
-def policy_permits(layout: SimLayout) -> Any:
+def policy_permits(
+    layout: SimLayout,
+    system_info: Callable[[], dict[str, Any]] | None = None,
+) -> Callable[[str, str, str, str], bool]:
     """A ``permit(source, service, arg, target)`` for the qubesd server:
     whether policy allows it outright (``ask`` does not count, as in
     qubesd's admin extension).
+
+    *system_info* gives the current qubes (the server passes its model's
+    ``system_info``); by default the state file is read.
     """
+    cache = _PolicyCache(layout)
 
     def permit(source: str, service: str, arg: str, target: str) -> bool:
-        service_and_arg = f"{service}+{arg}"
         try:
-            decision, _ = _decide(layout, source, target, service_and_arg)
+            info = system_info() if system_info is not None else None
+            decision, _ = _decide(
+                layout,
+                source,
+                target,
+                f"{service}+{arg}",
+                policy=cache.get(),
+                info=info,
+            )
         except (RouteError, OSError, ValueError):
             return False
         return bool(decision.action == "allow")
