@@ -635,3 +635,143 @@ class TestBusPolicy:
             ("org.freedesktop.DBus.Properties", "GetAll"),
         }
         assert group.findall("allow[@own]") == []
+
+
+def _scratch_root(root: Path) -> None:
+    """Give *root* the accounts dom0 has, so rpm and tmpfiles find them."""
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    (root / "etc" / "group").write_text(
+        f"root:x:0:\nqubes:x:{QUBES_GID}:user\n"
+    )
+    (root / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+
+
+def _rpm_install(root: Path, rpm: Path) -> None:
+    done = _run(
+        [
+            "rpm",
+            "--root",
+            str(root),
+            "--dbpath",
+            "/var/lib/rpm",
+            "--nodeps",
+            "--noscripts",
+            "-i",
+            str(rpm),
+        ]
+    )
+    assert done.returncode == 0, done.stderr
+    tmpfiles = root / "usr" / "lib" / "tmpfiles.d" / "nexusd.conf"
+    done = _run(
+        [_need("systemd-tmpfiles"), "--create", f"--root={root}", str(tmpfiles)]
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="module", name="installed")
+def fixture_installed(
+    built: dict[str, Path],
+    files: dict[str, dict[str, str]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Path]:
+    """The binary RPM installed into a scratch root, as dom0 lays it out."""
+    root = tmp_path_factory.mktemp("dom0-root")
+    _scratch_root(root)
+    _rpm_install(root, built["binary"])
+    return {"root": root, "site": root / _site(files).lstrip("/")}
+
+
+def _in_root(root: Path, path: str | Path) -> Path:
+    return root / str(path).lstrip("/")
+
+
+class TestScratchRootInstall:
+    """rpm --root installs the package as it would be in dom0."""
+
+    def test_rpm_verify_finds_every_file_as_packaged(
+        self, installed: dict[str, Path]
+    ) -> None:
+        """If rpm verifies the installed package, nothing differs from it:
+        contents, modes, owners and link targets."""
+        done = _run(
+            [
+                "rpm",
+                "--root",
+                str(installed["root"]),
+                "--dbpath",
+                "/var/lib/rpm",
+                "--nodeps",
+                "-V",
+                "nexusd",
+            ]
+        )
+
+        assert (done.returncode, done.stdout) == (0, "")
+
+    def test_policy_file_is_root_qubes_0664(
+        self, installed: dict[str, Path]
+    ) -> None:
+        """If installed, the shipped policy is group qubes and mode 0664."""
+        path = _in_root(
+            installed["root"], "/etc/qubes/policy.d/50-nexus.policy"
+        )
+
+        info = path.stat()
+
+        assert (oct(info.st_mode & 0o7777), info.st_uid, info.st_gid) == (
+            "0o664",
+            0,
+            QUBES_GID,
+        )
+
+    @pytest.mark.parametrize("service", sorted(DOM0_SERVICES))
+    def test_qrexec_entry_resolves_inside_root(
+        self, installed: dict[str, Path], service: str
+    ) -> None:
+        """If qrexec follows an installed entry, it lands on the socket
+        path inside the same root, never outside it."""
+        root = installed["root"]
+        entry = _in_root(root, f"/etc/qubes-rpc/{service}")
+
+        resolved = entry.resolve(strict=False)
+
+        assert entry.is_symlink()
+        assert resolved == _in_root(root, Paths().socket).resolve(strict=False)
+
+    def test_runtime_folders_created_by_tmpfiles(
+        self, installed: dict[str, Path]
+    ) -> None:
+        """If tmpfiles runs on the installed file, the folders nexusd needs
+        exist with dom0's modes."""
+        root = installed["root"]
+        policy = _in_root(root, Paths().runtime_policy_dir).stat()
+        run = _in_root(root, Paths().socket.parent).stat()
+
+        assert (oct(policy.st_mode & 0o7777), policy.st_gid) == (
+            "0o2770",
+            QUBES_GID,
+        )
+        assert oct(run.st_mode & 0o7777) == "0o755"
+        assert _in_root(root, Paths().state_dir).is_dir()
+
+    def test_installed_package_is_importable_from_root(
+        self, installed: dict[str, Path]
+    ) -> None:
+        """If Python looks in the root's site-packages, it finds nexusd
+        there, with the version of this checkout."""
+        done = _run(
+            [
+                sys.executable,
+                "-c",
+                "import nexusd; print(nexusd.__file__, nexusd.__version__)",
+            ],
+            env={
+                **os.environ,
+                "PYTHONPATH": str(installed["site"]),
+                "PYTHONSAFEPATH": "1",
+            },
+        )
+
+        path, version = done.stdout.split()
+        assert path.startswith(str(installed["site"]))
+        assert version == nexusd.__version__
