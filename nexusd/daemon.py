@@ -30,6 +30,7 @@ from nexusd.config import Config, ConfigError, load_config
 from nexusd.follower import QubesFollower
 from nexusd.guests import GuestRegistry
 from nexusd.logs import configure_logging
+from nexusd.nixos import register as register_nixos
 from nexusd.notify import Notifier, watchdog_interval
 from nexusd.rpc.server import RpcLimits, RpcServer
 from nexusd.services.containers import ContainerServices
@@ -206,6 +207,10 @@ class Daemon:
         interval = watchdog_interval()
         if interval is not None:
             self._tasks.append(asyncio.create_task(self._watchdog(interval)))
+        # NixOS operations; the declared file is applied in the background,
+        # so a slow or absent qubesd never delays READY.
+        nixos = register_nixos(self)
+        self._tasks.append(asyncio.create_task(nixos.run()))
         if dbus_wanted(self.config):
             from nexusd.dbus.service import DbusService
 
