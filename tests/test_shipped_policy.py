@@ -48,21 +48,33 @@ def _domain(qtype: str, tags: list[str], uuid_digit: str) -> dict[str, object]:
     }
 
 
-SYSTEM = SystemInfo.from_dict(
-    {
-        "domains": {
-            "dom0": {
-                **_domain("AdminVM", [], "0"),
-                "uuid": "00000000-0000-0000-0000-000000000000",
-                "guivm": None,
-            },
-            "work": _domain("AppVM", ["nexus-guest"], "1"),
-            "db": _domain("AppVM", ["nexus-guest"], "2"),
-            "personal": _domain("AppVM", [], "3"),
-            "web": _domain("AppVM", ["nexus-guest", "web"], "4"),
-        }
+#: The machine, as qubesd's internal.GetSystemInfo describes it.
+SYSTEM_INFO = {
+    "domains": {
+        "dom0": {
+            **_domain("AdminVM", [], "0"),
+            "uuid": "00000000-0000-0000-0000-000000000000",
+            "guivm": None,
+        },
+        "work": _domain("AppVM", ["nexus-guest"], "1"),
+        "db": _domain("AppVM", ["nexus-guest"], "2"),
+        "personal": _domain("AppVM", [], "3"),
+        "web": _domain("AppVM", ["nexus-guest", "web"], "4"),
     }
-)
+}
+SYSTEM = SystemInfo.from_dict(SYSTEM_INFO)
+#: Calls and how the shipped file (with the real Qubes files) decides them.
+DECISIONS = [
+    ("nexus.ContainerCreate", "+web", "work", "@adminvm", "allow", "dom0"),
+    ("nexus.ContainerList", "+", "db", "dom0", "allow", "dom0"),
+    ("nexus.ContainerList", "+web", "work", "@adminvm", "deny", None),
+    ("nexus.ContainerReport", "+web", "personal", "@adminvm", "deny", None),
+    ("nexus.LinkRequest", "+postgres.5432", "work", "db", "deny", None),
+    ("nexus.LinkRemove", "+postgres.5432", "db", "work", "allow", "dom0"),
+    ("nexus.LinkRemove", "+postgres.5432", "personal", "db", "deny", None),
+    ("nexus.Connect", "+postgres.5432", "work", "db", "deny", None),
+    ("nexus.agent.Sync", "+", "work", "db", "deny", None),
+]
 
 
 @pytest.fixture(name="policy_dirs")
@@ -175,8 +187,59 @@ class TestShippedPolicyLoads:
         assert allowed <= served
 
 
+class TestUpstreamQrexecAgrees:
+    """Upstream qrexec's own parser, where installed, decides alike."""
+
+    @pytest.mark.qrexec
+    def test_upstream_parser_decides_as_project_engine(
+        self, policy_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """If qrexec's policy parser loads the same folders, it takes the
+        same decision as the project's engine for every listed call."""
+        parser = pytest.importorskip("qrexec.policy.parser")
+        compat = pytest.importorskip("qrexec.policy.parser_compat")
+        exc = pytest.importorskip("qrexec.exc")
+        monkeypatch.setattr(compat, "POLICYPATH_OLD", policy_dirs["legacy"])
+        upstream = parser.FilePolicy(
+            policy_path=[policy_dirs["runtime"], policy_dirs["persistent"]]
+        )
+
+        decided = []
+        for service, arg, source, target, _, _ in DECISIONS:
+            request = parser.Request(
+                service, arg, source, target, system_info=SYSTEM_INFO
+            )
+            try:
+                resolution = upstream.evaluate(request)
+            except exc.AccessDenied:
+                decided.append(("deny", None))
+            else:
+                decided.append(("allow", resolution.target))
+
+        assert decided == [(row[4], row[5]) for row in DECISIONS]
+
+
 class TestShippedPolicyDecisions:
     """What the shipped file decides, next to the real Qubes files."""
+
+    @pytest.mark.parametrize(
+        ("service", "arg", "source", "target", "action", "resolved"), DECISIONS
+    )
+    def test_project_engine_decides_listed_calls(
+        self,
+        policy_dirs: dict[str, Path],
+        service: str,
+        arg: str,
+        source: str,
+        target: str,
+        action: str,
+        resolved: str | None,
+    ) -> None:
+        """If the project's engine decides a listed call, the shipped file
+        decides it as the table says (the table upstream is held to)."""
+        decided = _decide(policy_dirs, service, arg, source, target)
+
+        assert decided == (action, resolved, SHIPPED.name)
 
     @pytest.mark.parametrize("service", CONTAINER_SERVICES)
     def test_guest_container_service_to_adminvm_allowed(
