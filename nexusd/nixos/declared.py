@@ -306,10 +306,7 @@ class _Parser:
             if not isinstance(body, dict):
                 self.problem(where, f"[{section}.{name}] must be a table")
             elif not is_qube_name(name):
-                hint = ""
-                if any(isinstance(v, dict) for v in body.values()):
-                    hint = f' (quote a name with a dot: [{section}."a.b"])'
-                self.problem(where, f"invalid qube name {name!r}{hint}")
+                self.problem(where, f"invalid qube name {name!r}")
             else:
                 entry = self._entry(section, kind, name, body)
                 if entry is not None:
@@ -322,10 +319,17 @@ class _Parser:
         base = (section, name)
         before = len(self.problems)
         allowed = _TEMPLATE_KEYS if kind == "template" else _QUBE_KEYS
-        for key in body:
+        for key, value in body.items():
             if key not in allowed:
+                hint = ""
+                if isinstance(value, dict):
+                    hint = (
+                        " (quote a name with a dot:"
+                        f' [{section}."{name}.{key}"])'
+                    )
                 self.problem(
-                    (*base, key), f"unknown key {key!r} in [{section}.{name}]"
+                    (*base, key),
+                    f"unknown key {key!r} in [{section}.{name}]{hint}",
                 )
         values = _EntryValues(self, base, body, kind)
         remove = values.boolean("remove", False)
@@ -353,7 +357,7 @@ class _Parser:
             label = values.parsed("label", parse_label, "untrusted_label")
             quota = values.quota()
             netvm = values.netvm()
-            if not remove and (template is None or label is None):
+            if not remove and not {"template", "label"} <= body.keys():
                 self.problem(
                     base, f"qube {name!r} needs a template and a label"
                 )

@@ -108,7 +108,9 @@ class ImageStream:
         if isinstance(image, Path):
             path = image
             try:
-                file: BinaryIO = path.open("rb")
+                # Unbuffered: chunks are large, and a change of the file
+                # while it streams is seen at once.
+                file: BinaryIO = path.open("rb", buffering=0)
             except OSError as err:
                 msg = f"cannot open image {str(path)!r}: {err.strerror or err}"
                 raise ImageUnreadable(msg) from None
@@ -147,9 +149,20 @@ class ImageStream:
         except Exception:  # noqa: BLE001 - a display must not break an import
             log.warning("progress_report_failed", done=done, total=self.size)
 
+    def _read_blocking(self, count: int) -> bytes:
+        """Up to *count* bytes; fewer only at the end of the file."""
+        parts = []
+        while count > 0:
+            part = self._file.read(count)
+            if not part:
+                break
+            parts.append(part)
+            count -= len(part)
+        return b"".join(parts)
+
     async def _read(self, count: int) -> bytes:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, self._file.read, count)
+        return await loop.run_in_executor(None, self._read_blocking, count)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Yield the image's ``size`` bytes; verify before the last chunk.

@@ -148,8 +148,7 @@ async def import_template(
     )
     try:
         if spec.name in await ctx.port.list_qubes():
-            msg = f"a qube named {spec.name!r} exists already"
-            raise QubeExists(msg)
+            await _replace_half_made(ctx, spec.name)
         await ctx.port.create_qube("TemplateVM", spec.name, spec.label)
         try:
             result = await _fill(ctx, spec, stream)
@@ -172,6 +171,23 @@ async def import_template(
         detail={k: v for k, v in result.items() if k != "name"},
     )
     return result
+
+
+async def _replace_half_made(ctx: Context, name: str) -> None:
+    """Remove *name* if an import of nexusd's broke off while filling it.
+
+    Raises:
+        QubeExists: it is anything else, or it could not be removed.
+    """
+    tags = await ctx.port.get_tags(name)
+    untrusted_state = await ctx.port.get_feature(name, marks.IMAGE_STATE)
+    untrusted_features = {marks.IMAGE_STATE: untrusted_state or ""}
+    if marks.is_half_made(tags, untrusted_features, ctx.settings.owned_tag):
+        log.info("half_made_template_found", template=name)
+        if await discard_created(ctx, name):
+            return
+    msg = f"a qube named {name!r} exists already"
+    raise QubeExists(msg)
 
 
 async def _fill(

@@ -83,7 +83,8 @@ class KeyLines:
                 header = _split_keys(line.lstrip("[").lstrip())
                 if header is not None:
                     table = header[0]
-                    self._lines.setdefault(table, number)
+                    for end in range(1, len(table) + 1):
+                        self._lines.setdefault(table[:end], number)
                 continue
             found = _split_keys(line)
             if found is None or not found[1].startswith("="):
