@@ -25,6 +25,16 @@ command -v rpmbuild >/dev/null || {
     exit 1
 }
 
+# The spec builds and installs the wheel with the system's python3 (not the
+# .venv's), whose path the installed scripts' #! lines then name.
+{ /usr/bin/python3 -c 'import setuptools, wheel' && /usr/bin/python3 -m pip --version; } \
+    >/dev/null 2>&1 || {
+    echo "build-rpm: /usr/bin/python3 lacks pip, setuptools or wheel" \
+        "(Debian: apt-get install python3-pip python3-setuptools" \
+        "python3-wheel)" >&2
+    exit 1
+}
+
 spec=rpm/nexusd.spec
 version=$(sed -n 's/^Version:[[:space:]]*//p' "$spec")
 pkg_version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' nexusd/__init__.py)

@@ -231,6 +231,7 @@ GLib.MainLoop().run()
 def fixture_bus(tmp_path: Path) -> Iterator[str]:
     """A private dbus-daemon whose policy includes the shipped bus policy."""
     daemon = _need("dbus-daemon")
+    _need("dbus-send")
     if os.geteuid() != 0:
         pytest.skip("calling as another user needs root")
     address = f"unix:abstract=nexusd-test-{os.getpid()}-{tmp_path.name}"
