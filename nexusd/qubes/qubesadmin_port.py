@@ -368,9 +368,8 @@ class QubesadminPort:
         read_fd, write_fd = os.pipe()
         loop = asyncio.get_running_loop()
         with open(read_fd, "rb") as stream:
-            target = vm.volumes[volume]
             importing = loop.run_in_executor(
-                self._pool, target.import_data_with_size, stream, size
+                self._pool, _import_data, vm, volume, stream, size
             )
             sent = await _feed_pipe(loop, write_fd, chunks, size, importing)
             try:
@@ -495,6 +494,11 @@ async def _feed_pipe(
     finally:
         os.close(write_fd)
     return sent
+
+
+def _import_data(vm: Any, volume: str, stream: Any, size: int) -> None:
+    """Blocking: look the volume up (a qubesd call) and import into it."""
+    vm.volumes[volume].import_data_with_size(stream, size)
 
 
 def _write_all(fd: int, data: bytes) -> None:
