@@ -19,8 +19,7 @@ from nexusd.cli import views
 from nexusd.cli.client import ClientError, NexusClient, open_image
 from nexusd.cli.completion import bash_completion
 from nexusd.cli.output import ProgressBar, clean, print_json
-from nexusd.dbus import bus_address
-from nexusd.dbus.methods import AUDIT_MAX
+from nexusd.dbus import AUDIT_MAX, bus_address
 from nexusd.guests import QUOTA_MAX
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]

@@ -9,6 +9,7 @@ puts them back as ``null`` so scripts always find the same keys.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -167,11 +168,19 @@ def jobs(args: argparse.Namespace, client: NexusClient) -> int:
 
 
 def print_result(result: dict[str, Any]) -> None:
-    """A change's or job's result as ``key  value`` lines."""
+    """A job's result: its ``text`` lines when it has them (diff, audit),
+    else ``key  value`` lines."""
+    text = result.get("text")
+    if isinstance(text, list) and all(isinstance(t, str) for t in text):
+        for line in text:
+            sys.stdout.write(clean(line) + "\n")
+        return
     print_pairs(
         (
             key,
-            ", ".join(map(clean, value)) if isinstance(value, list) else value,
+            json.dumps(value, sort_keys=True)
+            if isinstance(value, dict | list)
+            else value,
         )
         for key, value in sorted(result.items())
     )

@@ -9,6 +9,7 @@ from importlib import resources
 
 __all__ = [
     "ADMIN_GROUP",
+    "AUDIT_MAX",
     "BUS_NAME",
     "ENV_ADDRESS",
     "ERROR_PREFIX",
@@ -30,6 +31,9 @@ ENV_ADDRESS = "NEXUS_DBUS_ADDRESS"
 #: Besides root, members of this group may call methods that change things
 #: (in dom0 it already holds qubesd's Admin API socket).
 ADMIN_GROUP = "qubes"
+
+#: Most audit records one AuditLog call returns.
+AUDIT_MAX = 1000
 
 _XML_NAME = "org.tesseraqt.Nexus1.xml"
 

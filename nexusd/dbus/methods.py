@@ -21,6 +21,7 @@ import structlog
 
 from nexusd import __version__
 from nexusd.changes import Change
+from nexusd.dbus import AUDIT_MAX
 from nexusd.errors import BadArgument, NotFound, Unavailable
 from nexusd.names import parse_container_name, parse_qube_name
 from nexusd.store import Store
@@ -40,8 +41,6 @@ log = structlog.get_logger()
 
 #: Records AuditLog returns when the caller gives no limit.
 AUDIT_DEFAULT = 50
-#: Most records one AuditLog call returns.
-AUDIT_MAX = 1000
 #: Link ids as nexusd makes them (``lnk-`` and 16 hex digits).
 _LINK_ID_RE = re.compile(r"\Alnk-[0-9a-f]{16}\Z")
 _LINK_ID_MAX = 20

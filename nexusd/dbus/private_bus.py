@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 from xml.sax.saxutils import quoteattr
@@ -109,8 +110,11 @@ class PrivateBus:
         self, policy: Path | None = None, *, permissive: bool = False
     ) -> None:
         """Prepare a bus applying *policy* (default: the shipped file);
-        *permissive* lets everyone do everything (tests only)."""
-        self._policy = policy if policy is not None else shipped_policy()
+        *permissive* lets everyone do everything and includes no policy
+        unless one is given (tests of nexusd's own checks)."""
+        if policy is None and not permissive:
+            policy = shipped_policy()
+        self._policy = policy
         if self._policy is None and not permissive:
             msg = "nexusd's bus policy file was not found"
             raise FileNotFoundError(msg)
@@ -166,13 +170,16 @@ class PrivateBus:
         import select
 
         data = b""
-        ready, _, _ = select.select([fd], [], [], START_TIMEOUT)
-        while ready and not data.endswith(b"\n"):
+        deadline = time.monotonic() + START_TIMEOUT
+        while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(left, 0))
+            if not ready:
+                break
             chunk = os.read(fd, 4096)
             if not chunk:
                 break
             data += chunk
-            ready, _, _ = select.select([fd], [], [], START_TIMEOUT)
         return data.decode("utf-8", "replace").strip()
 
     def stop(self) -> None:
