@@ -328,10 +328,10 @@ def _check_params(
 
 
 def _split_params(
-    untrusted_params: Iterable[str], path: Path | str, lineno: int
+    words: Iterable[str], path: Path | str, lineno: int
 ) -> list[tuple[str, str]]:
     pairs = []
-    for param in untrusted_params:
+    for param in words:
         key, sep, value = param.partition("=")
         if not sep:
             reason = f"invalid action parameter syntax: {param!r}"

@@ -7,7 +7,7 @@ with qrexec's aliasing: each qube is also found as ``uuid:UUID``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 __all__ = ["DOM0_NAMES", "Domain", "SystemInfo", "is_dom0"]
@@ -87,7 +87,7 @@ def _domain_from_dict(name: str, info: Mapping[str, object]) -> Domain:
 class SystemInfo:
     """The qubes of the system, by name and by ``uuid:UUID``."""
 
-    def __init__(self, domains: Iterator[Domain] | list[Domain]) -> None:
+    def __init__(self, domains: Iterable[Domain]) -> None:
         """Index *domains* by name, then alias each under its UUID."""
         self._by_name: dict[str, Domain] = {}
         for domain in domains:
