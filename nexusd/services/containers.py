@@ -127,8 +127,9 @@ class ContainerServices:
 
         qube = self._registry.require_guest(call.header.source)
 
-        containers = await self._store.read(
-            lambda conn: sql.list_containers(conn, qube.name)
+        containers = await self._store.read_cached(
+            ("containers", qube.name),
+            lambda conn: sql.list_containers(conn, qube.name),
         )
         links = []
         if self._links_of is not None:

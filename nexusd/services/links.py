@@ -160,7 +160,9 @@ class LinkServices:
 
     async def links_of(self, qube: str) -> list[dict[str, Any]]:
         """The links of *qube*, each with ``blocked_by`` if policy blocks it."""
-        links = await self._store.read(lambda c: sql.links_of_qube(c, qube))
+        links = await self._store.read_cached(
+            ("links", qube), lambda c: sql.links_of_qube(c, qube)
+        )
         if links:
             await self._refresh_blocked()
         return [self._annotate_now(link) for link in links]

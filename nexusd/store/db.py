@@ -4,14 +4,17 @@
 Every statement runs on one dedicated thread, so the event loop never blocks
 on the disk. Writes queued while a commit is under way share the next
 commit: each runs in its own savepoint (one failing write does not undo the
-others) and every caller is answered only after ``COMMIT`` returned.
+others) and every caller is answered only after ``COMMIT`` returned. Reads
+that guests repeat (their container list) may be answered from memory until
+the next commit, which saves the round trip to the database thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +34,12 @@ Op = Callable[[sqlite3.Connection], Any]
 #: How long a statement waits for a lock held by another process (an admin's
 #: sqlite3 shell, say) before failing.
 BUSY_TIMEOUT_MS = 5000
+#: Longest time a cached read is served. nexusd's own commits drop the cache
+#: at once; this bounds how long a change made by another process (an
+#: admin's sqlite3 shell) can go unseen.
+READ_CACHE_SECONDS = 1.0
+#: Most cached reads kept; past it the cache starts over.
+READ_CACHE_ENTRIES = 4096
 
 
 class StoreCorrupt(RuntimeError):
@@ -50,6 +59,10 @@ class Store:
         self._pending: list[tuple[Op, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self.commits = 0
+        #: Batches finished so far, committed or not; a cached read is
+        #: valid only in the generation it was read in.
+        self.generation = 0
+        self._cache: dict[Hashable, tuple[int, float, Any]] = {}
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -72,6 +85,37 @@ class Store:
         """Run *op* on the database thread outside any write transaction."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, op, self._conn)
+
+    async def read_cached(
+        self, key: Hashable, op: Callable[[sqlite3.Connection], T]
+    ) -> T:
+        """Like :meth:`read`, but answered from memory while nothing has
+        been committed since *op* last ran under *key* (and for at most
+        ``READ_CACHE_SECONDS``).
+
+        The value is shared between callers: treat it as read-only. A caller
+        answered after its own write always sees that write, since the
+        commit drops the cache before the writer is answered.
+        """
+        now = time.monotonic()
+        entry = self._cache.get(key)
+        if (
+            entry is not None
+            and entry[0] == self.generation
+            and now - entry[1] < READ_CACHE_SECONDS
+        ):
+            value: T = entry[2]
+            return value
+        generation = self.generation
+        value = await self.read(op)
+        # Batches run in order on the one thread, so this read saw at least
+        # what was committed in *generation*; if a commit ended meanwhile,
+        # the value may be older than the state and is not kept.
+        if generation == self.generation:
+            if len(self._cache) >= READ_CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[key] = (generation, now, value)
+        return value
 
     async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run *op* in a transaction; return once its commit is durable.
@@ -103,6 +147,8 @@ class Store:
                 outcomes = [(False, failure)] * len(ops)
             else:
                 self.commits += 1
+            self.generation += 1
+            self._cache.clear()
             for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
