@@ -69,6 +69,8 @@ async def apply_declared(
             await runner.run(change)
     final = await make_plan(ctx, declared)
     result = final.to_dict()
+    done_text = [_applied_text(declared, r) for r in runner.results]
+    result["text"] = done_text + result["text"]
     result["applied"] = runner.results
     result["failed"] = sum(1 for r in runner.results if not r["ok"])
     log.info(
@@ -79,6 +81,15 @@ async def apply_declared(
         converged=result["converged"],
     )
     return result
+
+
+def _applied_text(declared: Declared, record: dict[str, Any]) -> str:
+    fields = {k: record[k] for k in ("qube", "action", "key", "old", "new")}
+    change = Change(line=record["line"], **fields)
+    where = f"{declared.path}:{change.line}"
+    if record["ok"]:
+        return f"{where}: done: {change.text()}"
+    return f"{where}: FAILED: {change.text()}: {record['error']['message']}"
 
 
 class _Runner:

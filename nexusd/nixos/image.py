@@ -38,6 +38,8 @@ CHUNK_SIZE = 1024 * 1024
 SHA256_HEX_LEN = 64
 _SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 
+#: How a file passed as a descriptor (with no path) is named in messages.
+PASSED_FILE = "the file passed"
 #: ``progress(done, total)``: bytes sent so far and the image's size.
 Progress = Callable[[int, int], object]
 
@@ -65,7 +67,7 @@ class ImageStream:
     """One image file, opened before anything is created in dom0.
 
     Attributes:
-        path: the image.
+        name: the image's path, or how to name a file the caller passed.
         size: its size when opened; exactly this many bytes are sent.
         expected: the sha256 it must have, or ``None`` to take any.
         digest: the sha256 of what was sent, once all of it was read.
@@ -73,7 +75,7 @@ class ImageStream:
 
     def __init__(
         self,
-        path: Path,
+        name: str,
         file: BinaryIO,
         size: int,
         *,
@@ -82,7 +84,7 @@ class ImageStream:
         chunk_size: int = CHUNK_SIZE,
     ) -> None:
         """Wrap an open *file*; use :meth:`open` instead."""
-        self.path = path
+        self.name = name
         self.size = size
         self.expected = expected
         self.digest: str | None = None
@@ -107,29 +109,31 @@ class ImageStream:
         """
         if isinstance(image, Path):
             path = image
+            name = str(path)
             try:
                 # Unbuffered: chunks are large, and a change of the file
                 # while it streams is seen at once.
                 file: BinaryIO = path.open("rb", buffering=0)
             except OSError as err:
-                msg = f"cannot open image {str(path)!r}: {err.strerror or err}"
+                msg = f"cannot open image {name!r}: {err.strerror or err}"
                 raise ImageUnreadable(msg) from None
         else:
             file = image
-            path = Path(str(getattr(image, "name", "<passed file>")))
+            given = getattr(image, "name", None)
+            name = given if isinstance(given, str) else PASSED_FILE
         try:
             info = os.fstat(file.fileno())
         except (OSError, ValueError) as err:
             file.close()
-            msg = f"cannot read image {str(path)!r}: {err}"
+            msg = f"cannot read image {name!r}: {err}"
             raise ImageUnreadable(msg) from None
         if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
             file.close()
-            msg = f"image {str(path)!r} is not a non-empty regular file"
+            msg = f"image {name!r} is not a non-empty regular file"
             raise ImageUnreadable(msg)
         file.seek(0)
         return cls(
-            path,
+            name,
             file,
             info.st_size,
             expected=expected,
@@ -192,10 +196,10 @@ class ImageStream:
         try:
             chunk = await self._read(want)
         except OSError as err:
-            msg = f"reading image {str(self.path)!r} failed: {err.strerror}"
+            msg = f"reading image {self.name!r} failed: {err.strerror}"
             raise ImageUnreadable(msg) from None
         if len(chunk) != want:
-            msg = f"image {str(self.path)!r} shrank while it was read"
+            msg = f"image {self.name!r} shrank while it was read"
             raise ImageUnreadable(msg)
         hasher.update(chunk)
         return chunk
@@ -205,14 +209,13 @@ class ImageStream:
         if self.expected is not None and digest != self.expected:
             log.warning(
                 "image_hash_mismatch",
-                image=str(self.path),
+                image=self.name,
                 size=self.size,
                 sha256_prefix=digest[:12],
                 expected_prefix=self.expected[:12],
             )
             msg = (
-                f"image {str(self.path)!r} has sha256 {digest},"
-                f" not {self.expected}"
+                f"image {self.name!r} has sha256 {digest}, not {self.expected}"
             )
             raise ImageMismatch(msg)
         self.digest = digest

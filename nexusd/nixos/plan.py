@@ -123,6 +123,8 @@ class Plan:
             f"{name}: owned by nexusd but not declared, left alone"
             for name in self.undeclared
         )
+        if not text:
+            text.append(f"{self.path}: nothing to change")
         return {
             "path": self.path,
             "changes": [c.to_dict() for c in self.changes],

@@ -219,7 +219,7 @@ async def _fill(
     features.update(recorded)
     return {
         "name": spec.name,
-        "image": str(stream.path),
+        "image": stream.name,
         "sha256": stream.digest,
         "size": stream.size,
         "label": spec.label,
@@ -251,7 +251,7 @@ async def _undo(
             qube=spec.name,
             obj=ROOT_VOLUME,
             detail={
-                "image": str(stream.path),
+                "image": stream.name,
                 "size": stream.size,
                 "expected_sha256": spec.sha256,
                 "removed": removed,
