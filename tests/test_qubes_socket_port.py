@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from nexusd.qubes import (
     CONNECTION_ESTABLISHED,
@@ -27,7 +25,6 @@ from nexusd.qubes import (
     QubeExists,
     QubeInUse,
     QubesError,
-    ServiceCallFailed,
     TagNotFound,
 )
 from nexusd.qubes.events import Backoff
@@ -110,7 +107,7 @@ class Replay:
             await writer.drain()
 
 
-def _port(tmp_path: Path, **kwargs: Any) -> SocketPort:
+def make_port(tmp_path: Path, **kwargs: Any) -> SocketPort:
     return SocketPort(tmp_path / "qubesd.sock", backoff=FAST, **kwargs)
 
 
@@ -269,7 +266,7 @@ class TestTranscripts:
         equals the captured bytes and the reply gives the outcome."""
         raw, reply = _transcript(shared_dir, name)
         replay = Replay({raw: reply})
-        port = _port(tmp_path)
+        port = make_port(tmp_path)
 
         async with FakeQubesd(port.socket_path, [replay]):
             if isinstance(outcome, type) and issubclass(outcome, Exception):
@@ -287,7 +284,7 @@ class TestTranscripts:
     ) -> None:
         """If qubesd lists five qubes, each comes with class, state, uuid."""
         raw, reply = _transcript(shared_dir, "01-admin.vm.List-dom0.json")
-        port = _port(tmp_path)
+        port = make_port(tmp_path)
 
         async with FakeQubesd(port.socket_path, [Replay({raw: reply})]):
             listed = await port.list_qubes()
@@ -315,7 +312,7 @@ class TestTranscripts:
             "20-admin.vm.feature.Get-nixos-25.05-os-distribution.json",
         )
         replay = Replay(dict([listing, getting]))
-        port = _port(tmp_path)
+        port = make_port(tmp_path)
 
         async with FakeQubesd(port.socket_path, [replay]):
             features = await port.list_features("nixos-25.05")
@@ -332,7 +329,7 @@ class TestTranscripts:
             shared_dir, "38-admin.vm.Create.AppVM-bad-name.json"
         )
         replay = Replay({raw: reply})
-        port = _port(tmp_path)
+        port = make_port(tmp_path)
 
         async with FakeQubesd(port.socket_path, [replay]) as server:
             with pytest.raises(InvalidValue) as caught:
@@ -352,7 +349,7 @@ class TestTranscripts:
             shared_dir, "54-admin.Events-dom0-stream.json"
         )
         replay = Replay({raw: stream_bytes})
-        port = _port(tmp_path)
+        port = make_port(tmp_path)
 
         async with FakeQubesd(port.socket_path, [replay]):
             stream = port.events()
@@ -404,7 +401,7 @@ async def _silent(
     await asyncio.Event().wait()
 
 
-def _answer(reply: bytes) -> Handler:
+def answer(reply: bytes) -> Handler:
     async def handler(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
@@ -419,7 +416,7 @@ class TestBounds:
     async def test_endless_reply_is_cut_off(self, tmp_path: Path) -> None:
         """If qubesd sends a reply without end, the read stops at the cap
         with BadReply, a DaemonUnavailable."""
-        port = _port(tmp_path, reply_max=256 * 1024)
+        port = make_port(tmp_path, reply_max=256 * 1024)
 
         async with FakeQubesd(port.socket_path, [_endless]):
             with pytest.raises(BadReply) as caught:
@@ -432,7 +429,7 @@ class TestBounds:
         self, tmp_path: Path
     ) -> None:
         """If qubesd never answers, the call fails at its deadline."""
-        port = _port(tmp_path, call_timeout=0.05)
+        port = make_port(tmp_path, call_timeout=0.05)
 
         async with FakeQubesd(port.socket_path, [_silent]):
             with pytest.raises(DaemonUnavailable) as caught:
@@ -445,7 +442,7 @@ class TestBounds:
         self, tmp_path: Path
     ) -> None:
         """If nothing listens, DaemonUnavailable says it cannot connect."""
-        port = _port(tmp_path)
+        port = make_port(tmp_path)
 
         with pytest.raises(DaemonUnavailable) as caught:
             await port.list_qubes()
@@ -477,9 +474,9 @@ class TestBounds:
         self, tmp_path: Path, reply: bytes, error: type[Exception]
     ) -> None:
         """If qubesd's reply breaks the protocol, the call fails cleanly."""
-        port = _port(tmp_path)
+        port = make_port(tmp_path)
 
-        async with FakeQubesd(port.socket_path, [_answer(reply)]):
+        async with FakeQubesd(port.socket_path, [answer(reply)]):
             with pytest.raises(error) as caught:
                 await port.get_tags("work")
 
@@ -490,310 +487,13 @@ class TestBounds:
     ) -> None:
         """If qubesd names a class nexusd does not know, the base error
         carries the name and the message."""
-        port = _port(tmp_path)
+        port = make_port(tmp_path)
         reply = b"2\x00QubesMemoryError\x00\x00out of memory\x00"
 
-        async with FakeQubesd(port.socket_path, [_answer(reply)]):
+        async with FakeQubesd(port.socket_path, [answer(reply)]):
             with pytest.raises(QubesError) as caught:
                 await port.start("work")
 
         assert type(caught.value) is QubesError
         assert caught.value.qubesd_class == "QubesMemoryError"
         assert caught.value.message == "out of memory"
-
-
-CONNECTED = b"1\x00\x00connection-established\x00\x00"
-
-
-def _stream(*messages: bytes, hold: bool = True) -> Handler:
-    async def handler(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        await reader.read()
-        for message in messages:
-            writer.write(message)
-        await writer.drain()
-        if hold:
-            await asyncio.Event().wait()
-
-    return handler
-
-
-async def _events(port: SocketPort, count: int) -> list[Event]:
-    stream = port.events()
-    try:
-        return [
-            await asyncio.wait_for(anext(stream), GUARD) for _ in range(count)
-        ]
-    finally:
-        await stream.aclose()
-
-
-class TestEventStream:
-    @pytest.mark.parametrize(
-        "bad",
-        [
-            pytest.param(b"0\x00", id="not-an-event"),
-            pytest.param(b"1\x00" + b"x" * 70000, id="too-long"),
-            pytest.param(b"1\x00work\x00", id="cut-short"),
-            pytest.param(b"1\x00bad name\x00ev\x00\x00", id="bad-subject"),
-            pytest.param(b"1\x00\x00Bad Event\x00\x00", id="bad-event-name"),
-            pytest.param(
-                b"1\x00\x00ev\x00k\x00v\x00k\x00v\x00\x00", id="dup-key"
-            ),
-            pytest.param(
-                b"1\x00\x00ev\x00\xff\x00v\x00\x00", id="key-not-utf8"
-            ),
-        ],
-    )
-    async def test_bad_message_reconnects(
-        self, tmp_path: Path, bad: bytes
-    ) -> None:
-        """If a message breaks the protocol, the connection is dropped and
-        the next one starts with the reconnect marker."""
-        port = _port(tmp_path)
-        handlers = [_stream(CONNECTED, bad, hold=False), _stream(CONNECTED)]
-
-        with capture_logs() as logs:
-            async with FakeQubesd(port.socket_path, handlers) as server:
-                events = await _events(port, 2)
-
-        assert [e.name for e in events] == [CONNECTION_ESTABLISHED] * 2
-        assert server.connections == 2
-        lost = [e for e in logs if e["event"] == "qubesd_events_disconnected"]
-        assert lost[0]["reason"].startswith("BadReply")
-
-    async def test_stalled_message_hits_the_deadline(
-        self, tmp_path: Path
-    ) -> None:
-        """If a message starts and never ends, the connection is dropped
-        at the message deadline and made again."""
-        port = _port(tmp_path, call_timeout=0.05)
-        handlers = [_stream(CONNECTED, b"1\x00work\x00dom"), _stream(CONNECTED)]
-
-        async with FakeQubesd(port.socket_path, handlers) as server:
-            events = await _events(port, 2)
-
-        assert [e.name for e in events] == [CONNECTION_ESTABLISHED] * 2
-        assert server.connections == 2
-
-    async def test_missing_marker_is_supplied(self, tmp_path: Path) -> None:
-        """If a stream does not open with connection-established, the
-        marker is yielded before its first event."""
-        port = _port(tmp_path)
-        first = b"1\x00work\x00domain-start\x00start_guid\x00True\x00\x00"
-
-        async with FakeQubesd(port.socket_path, [_stream(first)]):
-            events = await _events(port, 2)
-
-        assert events == [
-            Event(None, CONNECTION_ESTABLISHED, {}),
-            Event("work", "domain-start", {"start_guid": "True"}),
-        ]
-
-    async def test_quiet_stream_is_not_dropped(self, tmp_path: Path) -> None:
-        """If qubesd sends nothing for longer than the message deadline,
-        the stream stays open (no deadline between messages)."""
-        port = _port(tmp_path, call_timeout=0.02)
-        later = b"1\x00\x00domain-add\x00vm\x00new\x00\x00"
-
-        async def slow(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-        ) -> None:
-            await reader.read()
-            writer.write(CONNECTED)
-            for _ in range(10):
-                await asyncio.sleep(0.01)
-            writer.write(later)
-            await asyncio.Event().wait()
-
-        async with FakeQubesd(port.socket_path, [slow]) as server:
-            events = await _events(port, 2)
-
-        assert events[1] == Event(None, "domain-add", {"vm": "new"})
-        assert server.connections == 1
-
-
-class _GuestService:
-    def __init__(self, path: Path, reply: bytes = b"", *, answer: bool = True):
-        self.path = path
-        self.reply = reply
-        self.answer = answer
-        self.headers: list[bytes] = []
-        self.server: asyncio.AbstractServer | None = None
-
-    async def handle(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self.headers.append(await reader.readuntil(b"\x00"))
-        await reader.read()
-        if not self.answer:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.Event().wait()
-        writer.write(self.reply)
-        await writer.drain()
-        writer.close()
-
-    async def __aenter__(self) -> _GuestService:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.server = await asyncio.start_unix_server(
-            self.handle, path=str(self.path)
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-
-
-def _running(qube: str) -> Handler:
-    line = f"{qube} class=AppVM state=Running\n".encode()
-    return _answer(b"0\x00" + line)
-
-
-class TestCallServiceSim:
-    async def test_service_with_argument_file_wins(
-        self, tmp_path: Path
-    ) -> None:
-        """If both SERVICE+ARG and SERVICE exist, SERVICE+ARG is called."""
-        root = tmp_path / "dom0"
-        rpc = root / "vms" / "work" / "qubes-rpc"
-        port = SocketPort(root / "qubesd.sock", sim_root=root)
-        (root).mkdir()
-        specific = _GuestService(rpc / "nexus.Sync+web", b"specific")
-        general = _GuestService(rpc / "nexus.Sync", b"general")
-
-        async with FakeQubesd(port.socket_path, [_running("work")]):
-            async with specific, general:
-                output = await port.call_service(
-                    "work", "nexus.Sync+web", b"", GUARD
-                )
-
-        assert output == b"specific"
-        assert specific.headers == [b"nexus.Sync+web dom0\x00"]
-        assert general.headers == []
-
-    async def test_service_without_argument_gets_trailing_plus(
-        self, tmp_path: Path
-    ) -> None:
-        """If no argument is given, the header says ``SERVICE+`` as qrexec
-        writes it."""
-        root = tmp_path / "dom0"
-        root.mkdir()
-        port = SocketPort(root / "qubesd.sock", sim_root=root)
-        service = _GuestService(
-            root / "vms" / "work" / "qubes-rpc" / "nexus.Sync"
-        )
-
-        async with FakeQubesd(port.socket_path, [_running("work")]), service:
-            await port.call_service("work", "nexus.Sync", b"", GUARD)
-
-        assert service.headers == [b"nexus.Sync+ dom0\x00"]
-
-    async def test_oversized_output_fails(self, tmp_path: Path) -> None:
-        """If the guest sends more than the cap, ServiceCallFailed."""
-        root = tmp_path / "dom0"
-        root.mkdir()
-        port = SocketPort(root / "qubesd.sock", sim_root=root)
-        big = b"x" * (1024 * 1024 + 1)
-        service = _GuestService(
-            root / "vms" / "work" / "qubes-rpc" / "nexus.Sync", big
-        )
-
-        async with FakeQubesd(port.socket_path, [_running("work")]), service:
-            with pytest.raises(ServiceCallFailed) as caught:
-                await port.call_service("work", "nexus.Sync", b"", GUARD)
-
-        assert "over" in caught.value.message
-
-    async def test_silent_service_hits_the_timeout(
-        self, tmp_path: Path
-    ) -> None:
-        """If the guest never answers, ServiceCallFailed at the timeout."""
-        root = tmp_path / "dom0"
-        root.mkdir()
-        port = SocketPort(root / "qubesd.sock", sim_root=root)
-        service = _GuestService(
-            root / "vms" / "work" / "qubes-rpc" / "nexus.Sync", answer=False
-        )
-
-        async with FakeQubesd(port.socket_path, [_running("work")]), service:
-            with pytest.raises(ServiceCallFailed) as caught:
-                await port.call_service("work", "nexus.Sync", b"", 0.05)
-
-        assert "no answer" in caught.value.message
-
-    @pytest.mark.parametrize(
-        "service",
-        ["", "nexus Sync", "nexus.Sync\x00", "../x", "nexus.Sync+a/b", "é"],
-    )
-    async def test_malformed_service_name_is_refused(
-        self, tmp_path: Path, service: str
-    ) -> None:
-        """If the service name leaves qrexec's grammar, nothing is called."""
-        port = SocketPort(tmp_path / "qubesd.sock", sim_root=tmp_path)
-
-        async with FakeQubesd(port.socket_path, [_running("work")]) as server:
-            with pytest.raises(InvalidValue):
-                await port.call_service("work", service, b"", GUARD)
-
-        assert server.connections <= 1
-
-    async def test_without_sim_root_fails(self, tmp_path: Path) -> None:
-        """If the port has no simulated dom0, call_service refuses."""
-        port = _port(tmp_path)
-
-        with pytest.raises(ServiceCallFailed):
-            await port.call_service("work", "nexus.Sync", b"", GUARD)
-
-
-class _ImportSink:
-    """Reads an import request to EOF and fails it, keeping its length."""
-
-    def __init__(self) -> None:
-        self.received = 0
-
-    async def __call__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        while chunk := await reader.read(65536):
-            self.received += len(chunk)
-        writer.write(b"2\x00QubesException\x00\x00Data import failed\x00")
-        await writer.drain()
-
-
-async def _many(chunk: bytes, count: int) -> AsyncIterator[bytes]:
-    for _ in range(count):
-        yield chunk
-
-
-class TestImportBounds:
-    async def test_at_most_one_byte_past_size_is_sent(
-        self, tmp_path: Path
-    ) -> None:
-        """If the chunks run far past the size, only size + 1 bytes of
-        image go out and the import fails."""
-        port = _port(tmp_path)
-        sink = _ImportSink()
-        header = (
-            b"admin.vm.volume.ImportWithSize+private dom0 name work\x001000\n"
-        )
-
-        async with FakeQubesd(port.socket_path, [sink]):
-            with pytest.raises(QubesError):
-                await port.import_volume(
-                    "work", "private", 1000, _many(b"x" * 4096, 100)
-                )
-
-        assert sink.received == len(header) + 1001
-
-    async def test_negative_size_is_refused(self, tmp_path: Path) -> None:
-        """If the size is negative, nothing is sent."""
-        port = _port(tmp_path)
-
-        async with FakeQubesd(port.socket_path, [_ImportSink()]) as server:
-            with pytest.raises(InvalidValue):
-                await port.import_volume("work", "private", -1, _many(b"", 0))
-
-        assert server.connections == 0
