@@ -190,6 +190,8 @@ class JobManager:
         context._report = lambda f, m: self._progress(job, f, m)
         self._jobs[job.id] = job
         job.task = asyncio.create_task(self._run(job, operation, context))
+        # A task cancelled before its first step never enters _run's try.
+        job.task.add_done_callback(lambda _: self._ended(job, context))
         log.info("job_started", job=job.id, kind=kind, actor=context.actor)
         return job
 
@@ -246,10 +248,16 @@ class JobManager:
             job.state = "done"
             job.result = result if isinstance(result, dict) else {}
             job.fraction = 1.0
-        finally:
-            if context.image is not None:
-                with contextlib.suppress(OSError):
-                    context.image.close()
+        self._ended(job, context)
+
+    def _ended(self, job: Job, context: JobContext) -> None:
+        if job.finished_at is not None:
+            return
+        if job.state == "running":
+            job.state = "cancelled"
+        if context.image is not None:
+            with contextlib.suppress(OSError):
+                context.image.close()
         job.finished_at = time.time()
         log.info(
             "job_finished",

@@ -39,6 +39,7 @@ from nexusd.errors import (
     Busy,
     Denied,
     NexusError,
+    ShuttingDown,
     UnknownService,
 )
 
@@ -48,6 +49,9 @@ log = structlog.get_logger()
 
 #: A call not answered by then fails, well before D-Bus's 25 s timeout.
 CALL_DEADLINE = 20.0
+#: How long stopping waits for calls in progress to be answered.
+STOP_GRACE = 5.0
+STOP_POLL = 0.01
 #: Calls in progress at once; more are refused as busy.
 MAX_INFLIGHT = 64
 #: Options of a job: at most this many keys, each at most KEY_MAX long.
@@ -125,6 +129,7 @@ class DbusService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight = 0
         self._lock = threading.Lock()
+        self._stopping = False
         self._table = self._method_table()
 
     def _method_table(self) -> dict[str, _Method]:
@@ -171,27 +176,44 @@ class DbusService:
 
     async def stop(self) -> None:
         """Cancel jobs, unsubscribe, leave the bus."""
-        server, self._server = self._server, None
-        if server is None:
+        if self._server is None:
             return
+        with self._lock:
+            self._stopping = True
         self._daemon.feed.unsubscribe(self._on_change)
+        # Calls already handed over are answered before the bus goes; the
+        # counter (not a task set) also covers those not yet started.
+        deadline = time.monotonic() + STOP_GRACE
+        while self._inflight and time.monotonic() < deadline:
+            await asyncio.sleep(STOP_POLL)
         await self.jobs.close()
+        server, self._server = self._server, None
         await asyncio.to_thread(server.stop)
         log.info("dbus_stopped")
 
     def _dispatch(self, call: Invocation) -> None:
         # On the bus thread: never block here.
         loop = self._loop
+        err: NexusError | None = None
         with self._lock:
-            busy = self._inflight >= MAX_INFLIGHT
-            if not busy:
+            if self._stopping or loop is None:
+                err = ShuttingDown("nexusd is stopping")
+            elif self._inflight >= MAX_INFLIGHT:
+                err = Busy(f"{MAX_INFLIGHT} calls are in progress; try again")
+            else:
                 self._inflight += 1
-        if loop is None or busy:
-            _close_fds(call)
-            err = Busy(f"{MAX_INFLIGHT} calls are in progress; try again")
+        if err is None and loop is not None:
+            try:
+                asyncio.run_coroutine_threadsafe(self._serve(call), loop)
+            except RuntimeError:
+                with self._lock:
+                    self._inflight -= 1
+                err = ShuttingDown("nexusd is stopping")
+            else:
+                return
+        _close_fds(call)
+        if err is not None:
             call.fail(err.code, err.message)
-            return
-        asyncio.run_coroutine_threadsafe(self._serve(call), loop)
 
     async def _serve(self, call: Invocation) -> None:
         started = time.monotonic()
