@@ -198,9 +198,8 @@ class BusServer:
         self._bus.request_name(BUS_NAME, allow_replacement=False)
 
     def _on_closed(self, _con: Any, remote: bool, _error: Any) -> None:
-        # XXX: a bus that went away is not rejoined; nexusctl reports nexusd
-        # absent until nexusd restarts; accepted because dom0's system bus
-        # only restarts with the system (qrexec services keep working).
+        # XXX: bus not rejoined; nexusctl sees no nexusd; accepted because the
+        # system bus restarts only with dom0 (qrexec services work on).
         if remote:
             log.error("dbus_disconnected", bus=self._address or "system")
 
