@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from nexusd.dbus.jobs import JobContext
 from nexusd.dbus.private_bus import PrivateBus
 from nexusd.errors import Conflict
 from nexusd.sim.layout import SimLayout
@@ -449,6 +450,34 @@ class TestJobs:
             run.err == "nexusctl: /nonexistent.img: No such file or directory\n"
         )
         assert daemon.dbus.jobs.list() == []
+
+    async def test_jobs_listed_and_cancelled(self, daemon) -> None:
+        """If a job runs, jobs lists it, and job cancel ends it."""
+        gate = asyncio.Event()
+
+        async def apply(ctx) -> dict[str, Any]:
+            await gate.wait()
+            return {}
+
+        daemon.operations = {"Apply": apply}
+        job = daemon.dbus.jobs.start(
+            "Apply", apply, JobContext("", {}, "uid:0/:1.1", "dbus:Apply")
+        )
+
+        listed = await nexusctl("jobs", "--json")
+        cancel = await nexusctl("job", "cancel", job.id)
+        await asyncio.wait_for(job.task, 5)
+        unknown = await nexusctl("job", "cancel", "job-999")
+
+        assert [(j["id"], j["state"]) for j in listed.json()] == [
+            (job.id, "running")
+        ]
+        assert (cancel.code, cancel.out) == (0, f"cancelling {job.id}\n")
+        assert job.state == "cancelled"
+        assert (unknown.code, unknown.err) == (
+            1,
+            "nexusctl: no job 'job-999' [not_found]\n",
+        )
 
     async def test_progress_bar_on_terminal(self, daemon) -> None:
         """If stderr is a terminal, a job's progress is drawn as a bar."""

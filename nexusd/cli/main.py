@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("qube", nargs="?", default="", metavar="QUBE")
     _add(sub, "links", views.links, "list links between containers")
     _add(sub, "jobs", views.jobs, "list running and recent jobs")
+    p = _add(sub, "job", _no_action, "steer jobs")
+    jsub = p.add_subparsers(dest="action", metavar="ACTION")
+    jsub.required = True
+    p = _add(jsub, "cancel", views.job_cancel, "cancel a running job")
+    p.add_argument("job", metavar="JOB")
 
     p = _add(sub, "container", _no_action, "change containers")
     csub = p.add_subparsers(dest="action", metavar="ACTION")

@@ -27,6 +27,7 @@ __all__ = [
     "audit_log",
     "container_remove",
     "containers",
+    "job_cancel",
     "jobs",
     "link_remove",
     "links",
@@ -164,6 +165,16 @@ def jobs(args: argparse.Namespace, client: NexusClient) -> int:
             for j in found
         ),
     )
+    return EXIT_OK
+
+
+def job_cancel(args: argparse.Namespace, client: NexusClient) -> int:
+    """``nexusctl job cancel JOB``."""
+    client.cancel_job(args.job)
+    if args.json:
+        print_json({"cancelled": args.job})
+        return EXIT_OK
+    sys.stdout.write(f"cancelling {clean(args.job)}\n")
     return EXIT_OK
 
 
