@@ -324,3 +324,29 @@ class TestQubesdGoesAway:
 
         assert "nixos-new" not in Dom0Model.load(SimLayout(root)).domains
         assert not (root / "vms" / "nixos-new").exists()
+
+
+class TestCancel:
+    async def test_cancelled_import_leaves_nothing(self, dom0) -> None:
+        """If the import is cancelled while it streams (CancelJob), the
+        half-made template and its volumes are removed."""
+        image, _ = make_image(dom0.tmp)
+        tasks: list[asyncio.Task] = []
+
+        def cancel_midway(done: int, total: int) -> None:
+            if 0 < done < total:
+                tasks[0].cancel()
+
+        tasks.append(
+            asyncio.create_task(
+                dom0.service.import_template(
+                    name="nixos-new", image=str(image), progress=cancel_midway
+                )
+            )
+        )
+
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+
+        assert dom0.qube("nixos-new") is None
+        assert not (dom0.root / "vms" / "nixos-new").exists()
