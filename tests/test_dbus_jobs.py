@@ -56,6 +56,19 @@ class TestJobManager:
         )
         assert seen.finished == [job]
 
+    async def test_result_made_json_ready(self, tmp_path) -> None:
+        """If an operation returns a value JSON lacks (a path), the result
+        holds its text, so it can go on the bus."""
+        seen = Recorder()
+
+        async def op(ctx: JobContext) -> dict[str, Any]:
+            return {"image": tmp_path, "sizes": (1, 2)}
+
+        job = seen.manager().start("ImportTemplate", op, context())
+        await asyncio.wait_for(seen.done.wait(), 5)
+
+        assert job.result == {"image": str(tmp_path), "sizes": [1, 2]}
+
     async def test_nexus_error_fails_with_code(self) -> None:
         """If an operation raises a nexusd error, the job fails with the
         error's code and message."""

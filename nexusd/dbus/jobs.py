@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import time
 from collections import OrderedDict
@@ -226,8 +227,7 @@ class JobManager:
         job.fraction, job.message = fraction, message
         if due:
             job._last_report = now
-            if self._on_progress is not None:
-                self._on_progress(job)
+            _tell(self._on_progress, job)
 
     async def _run(
         self, job: Job, operation: Operation, context: JobContext
@@ -246,7 +246,7 @@ class JobManager:
             job.error_message = "the job failed; see nexusd's journal"
         else:
             job.state = "done"
-            job.result = result if isinstance(result, dict) else {}
+            job.result = _json_ready(result)
             job.fraction = 1.0
         self._ended(job, context)
 
@@ -267,13 +267,28 @@ class JobManager:
             error=job.error_code or None,
         )
         self._forget_old()
-        if self._on_finished is not None:
-            self._on_finished(job)
+        _tell(self._on_finished, job)
 
     def _forget_old(self) -> None:
         finished = [j for j in self._jobs.values() if j.state != "running"]
         for job in finished[: max(0, len(finished) - MAX_FINISHED)]:
             del self._jobs[job.id]
+
+
+def _json_ready(result: object) -> dict[str, Any]:
+    """*result* as plain JSON values (a Path becomes its text)."""
+    if not isinstance(result, dict):
+        return {}
+    return dict(json.loads(json.dumps(result, default=str)))
+
+
+def _tell(hook: Callable[[Job], None] | None, job: Job) -> None:
+    if hook is None:
+        return
+    try:
+        hook(job)
+    except Exception:
+        log.exception("job_listener_failed", job=job.id)
 
 
 def image_from_fd(fd: int) -> BinaryIO:
