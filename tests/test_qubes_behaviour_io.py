@@ -26,6 +26,8 @@ from nexusd.qubes import (
     ServiceCallFailed,
 )
 from tests.test_qubes_behaviour import GUARD, SERVICE, Sim, port, sim
+from tests.test_qubes_socket_port import FakeQubesd
+from tests.test_qubes_socket_streams import CONNECTED, stream_handler
 
 __all__ = ["port", "sim"]
 
@@ -89,6 +91,23 @@ class TestEvents:
         assert marker.name == CONNECTION_ESTABLISHED
         assert marker.is_reconnect
         assert event.subject == "work"
+
+    async def test_silent_new_stream_is_dropped(self, port, sim: Sim) -> None:
+        """If a new stream sends nothing within the deadline, it is dropped
+        and made again."""
+        await sim.stop()
+        port.call_timeout = 0.05
+        handlers = [stream_handler(), stream_handler(CONNECTED)]
+
+        async with FakeQubesd(sim.layout.qubesd_socket, handlers) as server:
+            stream = port.events()
+            try:
+                marker = await _next(stream)
+            finally:
+                await stream.aclose()
+
+        assert marker.name == CONNECTION_ESTABLISHED
+        assert server.connections == 2
 
     async def test_outage_does_not_end_the_stream(self, port, sim: Sim) -> None:
         """If qubesd stays down for a while, the iterator waits, not

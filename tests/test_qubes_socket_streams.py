@@ -31,7 +31,7 @@ from tests.test_qubes_socket_port import (
 CONNECTED = b"1\x00\x00connection-established\x00\x00"
 
 
-def _stream(*messages: bytes, hold: bool = True) -> Handler:
+def stream_handler(*messages: bytes, hold: bool = True) -> Handler:
     async def handler(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
@@ -78,7 +78,10 @@ class TestEventStream:
         """If a message breaks the protocol, the connection is dropped and
         the next one starts with the reconnect marker."""
         port = make_port(tmp_path)
-        handlers = [_stream(CONNECTED, bad, hold=False), _stream(CONNECTED)]
+        handlers = [
+            stream_handler(CONNECTED, bad, hold=False),
+            stream_handler(CONNECTED),
+        ]
 
         with capture_logs() as logs:
             async with FakeQubesd(port.socket_path, handlers) as server:
@@ -95,12 +98,27 @@ class TestEventStream:
         """If a message starts and never ends, the connection is dropped
         at the message deadline and made again."""
         port = make_port(tmp_path, call_timeout=0.05)
-        handlers = [_stream(CONNECTED, b"1\x00work\x00dom"), _stream(CONNECTED)]
+        handlers = [
+            stream_handler(CONNECTED, b"1\x00work\x00dom"),
+            stream_handler(CONNECTED),
+        ]
 
         async with FakeQubesd(port.socket_path, handlers) as server:
             events = await _events(port, 2)
 
         assert [e.name for e in events] == [CONNECTION_ESTABLISHED] * 2
+        assert server.connections == 2
+
+    async def test_silent_new_stream_is_dropped(self, tmp_path: Path) -> None:
+        """If a new stream sends nothing within the deadline (qubesd sends
+        its marker at once), it is dropped and made again."""
+        port = make_port(tmp_path, call_timeout=0.05)
+        handlers = [stream_handler(), stream_handler(CONNECTED)]
+
+        async with FakeQubesd(port.socket_path, handlers) as server:
+            events = await _events(port, 1)
+
+        assert events[0].name == CONNECTION_ESTABLISHED
         assert server.connections == 2
 
     async def test_missing_marker_is_supplied(self, tmp_path: Path) -> None:
@@ -109,7 +127,7 @@ class TestEventStream:
         port = make_port(tmp_path)
         first = b"1\x00work\x00domain-start\x00start_guid\x00True\x00\x00"
 
-        async with FakeQubesd(port.socket_path, [_stream(first)]):
+        async with FakeQubesd(port.socket_path, [stream_handler(first)]):
             events = await _events(port, 2)
 
         assert events == [

@@ -76,6 +76,7 @@ SERVICE_REPLY_MAX = 1024 * 1024
 _DOM0 = "dom0"
 
 
+# qubesadmin has no type stubs, so its base class is Any to mypy.
 class _App(qubesadmin.app.QubesLocal):  # type: ignore[misc]
     """``QubesLocal`` whose replies go through nexusd's strict parser."""
 
@@ -120,8 +121,8 @@ class QubesadminPort:
         backoff: Backoff | None = None,
     ) -> None:
         """Point the library at *socket_path*; nothing is opened yet."""
-        # XXX: qubesadmin reads the socket path from a module global; one
-        # path per process; accepted because nexusd talks to one qubesd.
+        # XXX: path is global; one per process; accepted because one qubesd
+        # (qubesadmin reads config.QUBESD_SOCKET at every call).
         qubesadmin.config.QUBESD_SOCKET = str(socket_path)
         if services_dir is not None:
             qubesadmin.config.QREXEC_SERVICES_DIR = str(services_dir)
@@ -141,9 +142,8 @@ class QubesadminPort:
     ) -> T:
         """Run a blocking library call in the pool, with a deadline.
 
-        XXX: a call past its deadline keeps its thread until qubesd
-        answers; the pool then runs short; accepted because qubesd in dom0
-        answers or dies, and a dead socket fails at once.
+        XXX: late calls hold a thread; pool shrinks; accepted because rare:
+        qubesd in dom0 answers or dies, and a dead socket fails at once.
         """
         loop = asyncio.get_running_loop()
         deadline = self.call_timeout if timeout is None else timeout
@@ -441,11 +441,18 @@ class QubesadminPort:
         )
         getter: asyncio.Future[Event] | None = None
         try:
+            first = True
             while not (listener.done() and queue.empty()):
                 getter = asyncio.ensure_future(queue.get())
                 await asyncio.wait(
-                    {getter, listener}, return_when=asyncio.FIRST_COMPLETED
+                    {getter, listener},
+                    timeout=self.call_timeout if first else None,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
+                if first and not getter.done() and not listener.done():
+                    msg = "qubesd sent nothing on a new events stream"
+                    raise DaemonUnavailable(msg)
+                first = False
                 if not getter.done():
                     getter.cancel()
                     getter = None

@@ -404,11 +404,21 @@ class SocketPort:
         request = build_request("admin.Events", _DOM0)
         writer: asyncio.StreamWriter | None = None
         try:
+            # qubesd sends connection-established at once: a stream that
+            # stays silent from the start is not qubesd serving events.
             async with asyncio.timeout(self.call_timeout):
                 reader, writer = await self._open(self.event_max)
                 writer.write(request)
                 await writer.drain()
                 writer.write_eof()
+                first = await read_event(
+                    reader,
+                    message_timeout=self.call_timeout,
+                    limit=self.event_max,
+                )
+            if first is None:
+                return
+            yield first
             while True:
                 event = await read_event(
                     reader,
