@@ -104,9 +104,13 @@ class Invocation:
     _answered: bool = field(default=False, repr=False)
 
     def reply(self, signature: str, values: tuple[Any, ...]) -> None:
-        """Answer with *values* of the tuple type *signature* (``"(s)"``)."""
+        """Answer with *values* of the tuple type *signature* (``"(s)"``).
+
+        Raises:
+            TypeError: *values* do not fit *signature* (nothing is sent).
+        """
+        value = GLib.Variant(signature, values) if values else None
         if self._answer_once():
-            value = GLib.Variant(signature, values) if values else None
             self._invocation.return_value(value)
 
     def fail(self, code: str, message: str) -> None:

@@ -227,6 +227,9 @@ class DbusService:
                 authorize(call.caller, call.method)
             async with asyncio.timeout(CALL_DEADLINE):
                 value = await spec.handler(call)
+            call.reply(
+                spec.signature, () if spec.signature == "()" else (value,)
+            )
         except NexusError as err:
             outcome = err.code
             call.fail(err.code, err.message)
@@ -237,10 +240,6 @@ class DbusService:
             log.exception("dbus_call_crashed", method=call.method)
             outcome = "internal_error"
             call.fail("internal_error", "internal error; see nexusd's journal")
-        else:
-            call.reply(
-                spec.signature, () if spec.signature == "()" else (value,)
-            )
         finally:
             _close_fds(call)
             with self._lock:
