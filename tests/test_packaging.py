@@ -504,9 +504,7 @@ class TestInstalledDaemon:
         assert calls["work"].returncode == 0, calls["work"].stderr
         reply = json.loads(calls["work"].stdout)
         assert (reply["ok"], reply["result"]["containers"]) == (True, [])
-        assert (calls["personal"].returncode, calls["personal"].stdout) == (
-            126,
-            "",
-        )
+        refused = calls["personal"]
+        assert (refused.returncode, refused.stdout) == (126, ""), refused.stderr
         assert "STOPPING=1" in stopping
         assert status == 0, (tmp_path / "n.log").read_text()[-3000:]
