@@ -40,15 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from nexusd.errors import BadArgument
 from nexusd.names import is_qube_name
+from nexusd.nixos.entry_values import EntryValues
 from nexusd.nixos.errors import DeclaredFileError
 from nexusd.nixos.image import parse_sha256
 from nexusd.nixos.params import (
     parse_kernel,
     parse_label,
     parse_qube_class,
-    parse_quota,
     parse_virt_mode,
 )
 from nexusd.nixos.tomllines import KeyLines
@@ -63,19 +62,6 @@ __all__ = [
 
 #: Largest declared file read, in bytes.
 DECLARED_MAX: Final = 1024 * 1024
-#: Longest property or feature name, and feature value, passed on.
-NAME_MAX: Final = 64
-VALUE_MAX: Final = 1024
-_PROP_RE = re.compile(r"\A[a-z][a-z0-9_]*\Z")
-_FEATURE_RE = re.compile(r"\A[a-zA-Z0-9_.-]+\Z")
-_TAG_RE = re.compile(r"\A[A-Za-z0-9_-]+\Z")
-#: Properties the file sets through their own keys, or never.
-_RESERVED_PROPS: Final = frozenset(
-    {"name", "qid", "uuid", "xid", "label", "template", "netvm", "kernel"}
-    | {"virt_mode", "template_for_dispvms", "installed_by_rpm", "dispid"}
-)
-#: nexusd's own feature namespace: set by nexusd, never by the file.
-_NEXUS_FEATURES: Final = "nexus."
 _TEMPLATE_KEYS: Final = frozenset(
     {"image", "sha256", "label", "virt_mode", "kernel", "gui"}
     | {"properties", "features", "tags", "remove"}
@@ -223,17 +209,6 @@ def _line_from_message(message: str) -> int:
     return int(found.group(1)) if found else 1
 
 
-def _text_value(value: object) -> str | None:
-    """A TOML scalar as qubesd's text form, or ``None`` for other types."""
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return value
-    return None
-
-
 class _Parser:
     def __init__(
         self, path: Path, lines: KeyLines, reserved_tags: frozenset[str]
@@ -331,7 +306,9 @@ class _Parser:
                     (*base, key),
                     f"unknown key {key!r} in [{section}.{name}]{hint}",
                 )
-        values = _EntryValues(self, base, body, kind)
+        values = EntryValues(
+            self.problem, self.lines, self.reserved_tags, base, body, kind
+        )
         remove = values.boolean("remove", False)
         if kind == "template":
             klass = "TemplateVM"
@@ -406,165 +383,3 @@ class _Parser:
             tags=values.tags(),
             lines=values.lines,
         )
-
-
-class _EntryValues:
-    """Typed reads of one entry's keys, each problem reported with its line."""
-
-    def __init__(
-        self,
-        parser: _Parser,
-        base: tuple[str, ...],
-        body: dict[str, Any],
-        kind: str,
-    ) -> None:
-        self.parser = parser
-        self.kind = kind
-        self.base = base
-        self.body = body
-        self.lines: dict[str, int] = {}
-
-    def _bad(self, key: str, message: str, *sub: str) -> None:
-        self.parser.problem((*self.base, key, *sub), message)
-
-    def boolean(self, key: str, default: bool | None) -> bool | None:
-        value = self.body.get(key, default)
-        if value is not None and not isinstance(value, bool):
-            self._bad(key, f"{key} must be true or false")
-            return default
-        return value
-
-    def string(self, key: str) -> str | None:
-        value = self.body.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            self._bad(key, f"{key} must be a non-empty string")
-            return None
-        return value
-
-    def parsed(self, key: str, parse: Any, keyword: str) -> Any:
-        value = self.body.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            self._bad(key, f"{key} must be a string")
-            return None
-        try:
-            return parse(**{keyword: value})
-        except BadArgument as err:
-            self._bad(key, err.message)
-            return None
-
-    def qube_name(self, key: str) -> str | None:
-        value = self.body.get(key)
-        if value is not None and (
-            not isinstance(value, str) or not is_qube_name(value)
-        ):
-            self._bad(key, f"{key} must be a qube name")
-            return None
-        return value
-
-    def netvm(self) -> str | None:
-        value = self.body.get("netvm")
-        if value == "":
-            return ""
-        return self.qube_name("netvm")
-
-    def quota(self) -> int | None:
-        value = self.body.get("quota")
-        if value is None:
-            return None
-        try:
-            return parse_quota(untrusted_quota=value)
-        except BadArgument as err:
-            self._bad("quota", err.message)
-            return None
-
-    def _table(self, key: str) -> dict[str, Any]:
-        value = self.body.get(key, {})
-        if not isinstance(value, dict):
-            self._bad(key, f"{key} must be a table")
-            return {}
-        return value
-
-    def properties(self) -> dict[str, str]:
-        found = {}
-        for name, value in self._table("properties").items():
-            text = _text_value(value)
-            if len(name) > NAME_MAX or _PROP_RE.match(name) is None:
-                self._bad("properties", f"invalid property name {name!r}", name)
-            elif name in _RESERVED_PROPS:
-                self._bad(
-                    "properties",
-                    f"property {name!r} cannot be set under properties",
-                    name,
-                )
-            elif text is None or len(text) > VALUE_MAX:
-                self._bad(
-                    "properties",
-                    f"property {name!r} must be a string, integer or boolean",
-                    name,
-                )
-            else:
-                found[name] = text
-                self.lines[f"property:{name}"] = self.parser.lines.line(
-                    (*self.base, "properties", name)
-                )
-        return found
-
-    def features(self) -> dict[str, str]:
-        found = {}
-        for name, value in self._table("features").items():
-            text = _text_value(value)
-            if isinstance(value, bool):
-                text = "1" if value else ""
-            if len(name) > NAME_MAX or _FEATURE_RE.match(name) is None:
-                self._bad("features", f"invalid feature name {name!r}", name)
-            elif name.startswith(_NEXUS_FEATURES) or (
-                name == "gui" and self.kind == "template"
-            ):
-                self._bad(
-                    "features",
-                    f"feature {name!r} is nexusd's (use its own key)",
-                    name,
-                )
-            elif (
-                text is None
-                or len(text) > VALUE_MAX
-                or not text.isascii()
-                or not text.isprintable()
-            ):
-                self._bad(
-                    "features",
-                    f"feature {name!r} must be printable ASCII text",
-                    name,
-                )
-            else:
-                found[name] = text
-                self.lines[f"feature:{name}"] = self.parser.lines.line(
-                    (*self.base, "features", name)
-                )
-        return found
-
-    def tags(self) -> frozenset[str]:
-        value = self.body.get("tags", [])
-        if not isinstance(value, list):
-            self._bad("tags", "tags must be a list of strings")
-            return frozenset()
-        found = set()
-        for tag in value:
-            if (
-                not isinstance(tag, str)
-                or len(tag) > NAME_MAX
-                or _TAG_RE.match(tag) is None
-            ):
-                self._bad("tags", f"invalid tag {tag!r}")
-            elif tag.startswith("created-by-"):
-                self._bad("tags", f"tag {tag!r} is set by qubesd only")
-            elif tag in self.parser.reserved_tags:
-                self._bad("tags", f"tag {tag!r} is set by nexusd only")
-            else:
-                found.add(tag)
-                self.lines[f"tag:{tag}"] = self.parser.lines.line(
-                    (*self.base, "tags")
-                )
-        return frozenset(found)
