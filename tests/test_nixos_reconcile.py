@@ -307,3 +307,24 @@ class TestDefaults:
 
         assert dom0.model.globals.get("default_dispvm") == "default-dvm"
         assert "NixOS" in result["problems"][0]["message"]
+
+
+class TestHalfMade:
+    async def test_half_made_template_is_imported_again(self, dom0) -> None:
+        """If a declared template is one an import left half-made, diff
+        plans its import and apply replaces it with a complete one."""
+        dom0.model.create("TemplateVM", "nixos-26.05", "black")
+        dom0.model.add_tag(dom0.qube("nixos-26.05"), "nexus-owned")
+        dom0.model.set_feature(
+            dom0.qube("nixos-26.05"), "nexus.image-state", "importing"
+        )
+        image, digest = make_image(dom0.tmp)
+        dom0.declare(f'[templates."nixos-26.05"]\nimage = "{image}"\n')
+
+        planned = await dom0.service.diff()
+        await dom0.service.apply()
+
+        assert actions(planned) == [("nixos-26.05", "import-template", "")]
+        features = dom0.qube("nixos-26.05").features
+        assert features["nexus.image-state"] == "complete"
+        assert features["nexus.image-sha256"] == digest

@@ -214,7 +214,20 @@ class _Planner:
         if info is None:
             self._missing(entry)
             return
-        owned = self.ctx.settings.owned_tag in await self._tags(entry.name)
+        tags = await self._tags(entry.name)
+        owned = self.ctx.settings.owned_tag in tags
+        if entry.kind == "template" and not entry.remove and owned:
+            untrusted_state = await self.ctx.port.get_feature(
+                entry.name, marks.IMAGE_STATE
+            )
+            if marks.is_half_made(
+                tags,
+                {marks.IMAGE_STATE: untrusted_state or ""},
+                self.ctx.settings.owned_tag,
+            ):
+                # An import broke off: importing again replaces it.
+                self._missing(entry)
+                return
         if entry.remove:
             if owned:
                 self.plan.changes.append(
