@@ -310,15 +310,16 @@ class TestReads:
         assert "blocked_by" not in found[0]
 
     async def test_audit_log_filtered_and_limited(self, daemon, client) -> None:
-        """If a qube filter and a limit are given, only that qube's newest
-        records come, newest first."""
+        """If a qube filter and a limit are given, only records about that
+        qube come (links made to it included), newest first."""
         await populate(daemon)
 
         db = await over_bus(client.audit_log, "db", 0)
         newest = await over_bus(client.audit_log, "", 1)
 
         assert [(r["actor"], r["action"]) for r in db] == [
-            ("db", "container_created")
+            ("work", "link_created"),
+            ("db", "container_created"),
         ]
         assert [r["action"] for r in newest] == ["link_created"]
 

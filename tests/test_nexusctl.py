@@ -190,12 +190,14 @@ class TestReads:
         )
 
     async def test_log_of_one_qube(self, daemon) -> None:
-        """If --qube is given, only that qube's records come."""
+        """If --qube is given, only records about that qube come, a link
+        made to it from another qube included."""
         run = await nexusctl("log", "--qube", "db", "--json")
 
         assert run.code == 0
         assert [(r["via"], r["action"], r["object"]) for r in run.json()] == [
-            ("nexus.ContainerCreate", "container_created", "postgres")
+            ("nexus.LinkRequest", "link_created", daemon.test_link),
+            ("nexus.ContainerCreate", "container_created", "postgres"),
         ]
 
 

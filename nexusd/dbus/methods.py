@@ -92,34 +92,61 @@ def parse_audit_limit(*, untrusted_limit: object) -> int:
     return untrusted_limit or AUDIT_DEFAULT
 
 
+_AUDIT_COLUMNS = "id, at, actor, via, action, qube, object, detail"
+#: Records about links are filed under the source qube; these detail keys
+#: name the other end, so a qube's log shows links made to it too.
+_LINK_ENDS = ("from", "to", "other")
+
+
+def _audit_record(row: tuple[Any, ...]) -> dict[str, Any]:
+    rid, at, actor, via, action, qube, obj, detail = row
+    return {
+        "id": rid,
+        "at": at,
+        "actor": actor,
+        "via": via,
+        "action": action,
+        "qube": qube,
+        "object": obj,
+        "detail": json.loads(detail),
+    }
+
+
+def _involves(record: dict[str, Any], qube: str) -> bool:
+    if record["qube"] == qube:
+        return True
+    detail = record["detail"]
+    if not isinstance(detail, dict):
+        return False
+    return any(
+        isinstance(detail.get(key), str)
+        and (detail[key] == qube or detail[key].startswith(qube + "/"))
+        for key in _LINK_ENDS
+    )
+
+
 def _audit_rows(
     conn: sqlite3.Connection, qube: str | None, limit: int
 ) -> list[dict[str, Any]]:
-    columns = "id, at, actor, via, action, qube, object, detail"
     if qube is None:
         rows = conn.execute(
-            f"SELECT {columns} FROM audit ORDER BY id DESC LIMIT ?",  # noqa: S608 - constant columns
+            f"SELECT {_AUDIT_COLUMNS} FROM audit ORDER BY id DESC LIMIT ?",  # noqa: S608 - constant columns
             (limit,),
         )
-    else:
-        rows = conn.execute(
-            f"SELECT {columns} FROM audit WHERE qube = ?"  # noqa: S608 - constant columns
-            " ORDER BY id DESC LIMIT ?",
-            (qube, limit),
-        )
-    return [
-        {
-            "id": rid,
-            "at": at,
-            "actor": actor,
-            "via": via,
-            "action": action,
-            "qube": q,
-            "object": obj,
-            "detail": json.loads(detail),
-        }
-        for rid, at, actor, via, action, q, obj, detail in rows
-    ]
+        return [_audit_record(row) for row in rows]
+    rows = conn.execute(
+        f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE qube = ?"  # noqa: S608 - constant columns
+        " OR action LIKE 'link%' ORDER BY id DESC",
+        (qube,),
+    )
+    found: list[dict[str, Any]] = []
+    for row in rows:
+        record = _audit_record(row)
+        if _involves(record, qube):
+            found.append(record)
+            if len(found) >= limit:
+                break
+    return found
 
 
 def _counts(conn: sqlite3.Connection) -> tuple[int, int]:
