@@ -43,21 +43,30 @@ class _JobContext(Protocol):
 JobOperation = Callable[[Any], Awaitable[dict[str, Any]]]
 
 
-def _options(
+def _parse_options(
+    *,
     untrusted_options: dict[str, Any],
-    strings: tuple[str, ...],
-    others: dict[str, type],
+    strings: tuple[str, ...] = (),
+    others: dict[str, type] | None = None,
 ) -> dict[str, Any]:
-    """Take the known options, each of its type; refuse any other key."""
+    """Return the known options, each of its type (a bool is no int).
+
+    The values' grammars are checked by the operation itself.
+
+    Raises:
+        BadArgument: an unknown key, or a value of the wrong type.
+    """
+    kinds: dict[str, type] = {key: str for key in strings}
+    kinds.update(others or {})
     found: dict[str, Any] = {}
     for key, value in untrusted_options.items():
-        kind = str if key in strings else others.get(key)
+        kind = kinds.get(key)
         if kind is None:
             msg = f"unknown option {key[:64]!r}"
             raise BadArgument(msg)
-        if kind is int and isinstance(value, bool):
-            kind = type(None)
-        if not isinstance(value, kind):
+        if not isinstance(value, kind) or (
+            kind is int and isinstance(value, bool)
+        ):
             msg = f"option {key!r} must be of type {kind.__name__}"
             raise BadArgument(msg)
         found[key] = value
@@ -85,10 +94,10 @@ def job_operations(service: NixosService) -> dict[str, JobOperation]:
     """The operations by D-Bus job name, each taking a job context."""
 
     async def import_template(job: _JobContext) -> dict[str, Any]:
-        options = _options(
-            job.untrusted_options,
-            ("name", "sha256", "label", "virt_mode", "kernel"),
-            {"gui": bool},
+        options = _parse_options(
+            untrusted_options=job.untrusted_options,
+            strings=("name", "sha256", "label", "virt_mode", "kernel"),
+            others={"gui": bool},
         )
         if "name" not in options or job.image is None:
             msg = "a template import needs a name and the image"
@@ -102,10 +111,10 @@ def job_operations(service: NixosService) -> dict[str, JobOperation]:
         )
 
     async def create_qube(job: _JobContext) -> dict[str, Any]:
-        options = _options(
-            job.untrusted_options,
-            ("name", "template", "label", "netvm", "class"),
-            {"max_containers": int},
+        options = _parse_options(
+            untrusted_options=job.untrusted_options,
+            strings=("name", "template", "label", "netvm", "class"),
+            others={"max_containers": int},
         )
         if not {"name", "template", "label"} <= options.keys():
             msg = "a qube needs a name, a template and a label"
@@ -122,7 +131,9 @@ def job_operations(service: NixosService) -> dict[str, JobOperation]:
         )
 
     async def apply(job: _JobContext) -> dict[str, Any]:
-        options = _options(job.untrusted_options, ("path",), {})
+        options = _parse_options(
+            untrusted_options=job.untrusted_options, strings=("path",)
+        )
         return await service.apply(
             path=options.get("path"),
             progress=_steps_progress(job),
@@ -130,11 +141,13 @@ def job_operations(service: NixosService) -> dict[str, JobOperation]:
         )
 
     async def diff(job: _JobContext) -> dict[str, Any]:
-        options = _options(job.untrusted_options, ("path",), {})
+        options = _parse_options(
+            untrusted_options=job.untrusted_options, strings=("path",)
+        )
         return await service.diff(path=options.get("path"))
 
     async def audit(job: _JobContext) -> dict[str, Any]:
-        _options(job.untrusted_options, (), {})
+        _parse_options(untrusted_options=job.untrusted_options)
         return await service.audit()
 
     by_name = {
