@@ -7,7 +7,8 @@ qrexec client outside a real dom0) with caching off, and its reply parser
 is replaced by nexusd's strict one: errors keep qubesd's class name, which
 qubesadmin folds into ``QubesException`` for server-only classes such as
 ``QubesVMAlreadyExistsError``, and come out as :mod:`nexusd.qubes.errors`.
-Events use qubesadmin's ``EventsDispatcher``, one connection at a time.
+Events use qubesadmin's ``EventsDispatcher`` reader, one connection at a
+time, with a ``handle`` that does no blocking lookups.
 """
 
 from __future__ import annotations
@@ -83,6 +84,44 @@ class _App(qubesadmin.app.QubesLocal):  # type: ignore[misc]
     @staticmethod
     def _parse_qubesd_response(response_data: bytes) -> bytes:
         return parse_reply(untrusted_reply=response_data)
+
+
+# No type stubs here either: the base class is Any to mypy.
+class _Dispatcher(qubesadmin.events.EventsDispatcher):  # type: ignore[misc]
+    """qubesadmin's reader, its events handed on as the strings they were.
+
+    The stock ``handle`` turns subjects into ``QubesVM`` objects and looks
+    devices up with blocking qubesd calls on the event loop; this one only
+    drops the library's VM list where qubesadmin's own dispatcher would,
+    and passes the raw text to *sink*.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        sink: Callable[[str | None, str, dict[str, str]], None],
+    ) -> None:
+        super().__init__(app, enable_cache=False)
+        self._sink = sink
+
+    def handle(
+        self, subject_name: str | None, event: str, **kwargs: str
+    ) -> None:
+        """Pass one event to the sink; never calls qubesd."""
+        if event in _LIST_CHANGES:
+            self.app.domains.clear_cache()
+        self._sink(subject_name, event, kwargs)
+
+
+#: Events after which qubesadmin's dispatcher drops its cached VM list.
+_LIST_CHANGES = frozenset(
+    {
+        "connection-established",
+        "domain-add",
+        "domain-delete",
+        "property-set:name",
+    }
+)
 
 
 def _translate(err: Exception) -> Exception:
@@ -417,16 +456,15 @@ class QubesadminPort:
     async def _events_once(self) -> AsyncIterator[Event]:
         """One admin.Events connection through ``EventsDispatcher``."""
         queue: asyncio.Queue[Event] = asyncio.Queue(EVENT_BACKLOG)
-        dispatcher = qubesadmin.events.EventsDispatcher(
-            self._app, enable_cache=False
-        )
         overflow = False
 
-        def handler(subject: Any, event: str, **kwargs: Any) -> None:
+        def sink(
+            subject: str | None, event: str, kwargs: dict[str, str]
+        ) -> None:
             nonlocal overflow
-            fields = [str(subject or "").encode(), event.encode()]
+            fields = [(subject or "").encode(), event.encode()]
             for key, value in kwargs.items():
-                fields += [str(key).encode(), str(value).encode()]
+                fields += [key.encode(), value.encode()]
             try:
                 queue.put_nowait(parse_event(untrusted_fields=fields))
             except asyncio.QueueFull:
@@ -435,7 +473,7 @@ class QubesadminPort:
             except QubesError:
                 log.warning("qubesd_event_dropped", event_length=len(event))
 
-        dispatcher.add_handler("*", handler)
+        dispatcher = _Dispatcher(self._app, sink)
         listener = asyncio.create_task(
             dispatcher.listen_for_events(reconnect=False)
         )
