@@ -17,8 +17,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import subprocess
-import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,19 +29,18 @@ import qubesadmin.events
 import qubesadmin.exc
 import structlog
 
+from nexusd.qubes._threads import feed_pipe, import_data, run_service
 from nexusd.qubes.errors import (
     DaemonUnavailable,
     FeatureNotFound,
     InvalidValue,
     NotRunning,
     QubesError,
-    ServiceCallFailed,
     error_from_qubesd,
 )
 from nexusd.qubes.events import Backoff, follow_events
 from nexusd.qubes.port import Event, PropertyValue, QubeInfo
 from nexusd.qubes.wire import (
-    CHUNK,
     check_arg,
     check_dest,
     check_service,
@@ -72,8 +69,6 @@ WORKERS = 4
 #: Events waiting for the consumer before the stream is dropped (a
 #: reconnect and a reconcile follow, so nothing is lost for good).
 EVENT_BACKLOG = 1000
-#: Largest output nexusd takes from a service in a guest.
-SERVICE_REPLY_MAX = 1024 * 1024
 _DOM0 = "dom0"
 
 
@@ -408,9 +403,9 @@ class QubesadminPort:
         loop = asyncio.get_running_loop()
         with open(read_fd, "rb") as stream:
             importing = loop.run_in_executor(
-                self._pool, _import_data, vm, volume, stream, size
+                self._pool, import_data, vm, volume, stream, size
             )
-            sent = await _feed_pipe(loop, write_fd, chunks, size, importing)
+            sent = await feed_pipe(loop, write_fd, chunks, size, importing)
             try:
                 await importing
             except Exception as err:
@@ -445,7 +440,7 @@ class QubesadminPort:
             msg = f"qube {qube!r} is not running; not starting it"
             raise NotRunning(msg)
         return await self._run(
-            _run_service,
+            run_service,
             vm,
             service_and_arg,
             payload,
@@ -516,96 +511,3 @@ class QubesadminPort:
     def events(self) -> AsyncIterator[Event]:
         """Follow ``admin.Events`` forever; see :func:`follow_events`."""
         return follow_events(self._events_once, self.backoff)
-
-
-async def _feed_pipe(
-    loop: asyncio.AbstractEventLoop,
-    write_fd: int,
-    chunks: AsyncIterator[bytes],
-    size: int,
-    importing: asyncio.Future[Any],
-) -> int:
-    """Write up to ``size + 1`` bytes of *chunks* into the pipe, close it."""
-    sent = 0
-    try:
-        async for chunk in chunks:
-            part = chunk[: size + 1 - sent]
-            await loop.run_in_executor(None, _write_all, write_fd, part)
-            sent += len(part)
-            if sent > size or importing.done():
-                break
-    except BrokenPipeError:
-        log.warning("volume_import_cut", sent=sent, size=size)
-    finally:
-        os.close(write_fd)
-    return sent
-
-
-def _import_data(vm: Any, volume: str, stream: Any, size: int) -> None:
-    """Blocking: look the volume up (a qubesd call) and import into it."""
-    vm.volumes[volume].import_data_with_size(stream, size)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view[:CHUNK]) :]
-
-
-def _run_service(
-    vm: Any, service_and_arg: str, payload: bytes, timeout: float
-) -> bytes:
-    """Blocking: run the service, feed *payload*, read a capped output."""
-    try:
-        proc = vm.run_service(
-            service_and_arg,
-            autostart=False,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-    except OSError as err:
-        msg = f"cannot run qrexec-client: {err.strerror or err}"
-        raise ServiceCallFailed(msg) from None
-    timed_out = threading.Event()
-
-    def expire() -> None:
-        timed_out.set()
-        proc.kill()
-
-    timer = threading.Timer(timeout, expire)
-    timer.start()
-    try:
-        feeder = threading.Thread(
-            target=_feed_stdin, args=(proc.stdin, payload), daemon=True
-        )
-        feeder.start()
-        untrusted_output = bytearray()
-        while chunk := proc.stdout.read1(CHUNK):
-            untrusted_output += chunk
-            if len(untrusted_output) > SERVICE_REPLY_MAX:
-                proc.kill()
-                msg = f"{service_and_arg} sent over {SERVICE_REPLY_MAX} bytes"
-                raise ServiceCallFailed(msg)
-        returncode = proc.wait()
-        feeder.join()
-    finally:
-        timer.cancel()
-        with contextlib.suppress(OSError):
-            proc.kill()
-        proc.stdout.close()
-        proc.wait()
-    if timed_out.is_set():
-        msg = f"{service_and_arg} gave no answer in {timeout:g} s"
-        raise ServiceCallFailed(msg)
-    if returncode:
-        msg = f"{service_and_arg} failed (qrexec-client exit {returncode})"
-        raise ServiceCallFailed(msg)
-    return bytes(untrusted_output)
-
-
-def _feed_stdin(stdin: Any, payload: bytes) -> None:
-    with contextlib.suppress(BrokenPipeError, OSError):
-        stdin.write(payload)
-    with contextlib.suppress(BrokenPipeError, OSError):
-        stdin.close()
