@@ -60,6 +60,14 @@ MAX_SET_LINES = 2_000_000
 MAX_SET_BYTES = 64 * 1024 * 1024
 #: Errors collected before loading stops.
 MAX_ERRORS = 100
+#: Rule lines remembered as valid for checks; past it the memory starts over.
+MAX_KNOWN_GOOD_LINES = 65536
+
+#: Rule lines (stripped) that parsed before. Whether a rule line parses
+#: depends on its text alone, so a check (which needs only the errors) skips
+#: them: nexusd checks the whole set at every change of its links file, and
+#: all but a few of that file's lines are the same as the last time.
+_known_good: set[str] = set()
 
 
 class _Stop(Exception):
@@ -118,7 +126,10 @@ class _Loader:
         self,
         overrides: Mapping[Path, str | None],
         legacy_dir: Path | None,
+        *,
+        check_only: bool = False,
     ) -> None:
+        self.check_only = check_only
         self.overrides = {
             Path(path).resolve(): content for path, content in overrides.items()
         }
@@ -256,8 +267,13 @@ class _Loader:
             try:
                 if line[0] == "!":
                     self.directive(line, filepath, lineno, base)
-                else:
+                elif not self.check_only:
                     self.rules.append(parse_rule_line(line, filepath, lineno))
+                elif line not in _known_good:
+                    parse_rule_line(line, filepath, lineno)
+                    if len(_known_good) >= MAX_KNOWN_GOOD_LINES:
+                        _known_good.clear()
+                    _known_good.add(line)
             except PolicySyntaxError as err:
                 self.error(err)
 
@@ -435,10 +451,14 @@ def _load(
     persistent_dir: Path,
     legacy_dir: Path | None,
     overrides: Mapping[Path, str | None],
+    *,
+    check_only: bool = False,
 ) -> PolicySet:
+    """Load the set; with *check_only*, collect only its errors (the rules
+    of the R4.1+ files are then left out)."""
     dirs = [d for d in (runtime_dir, persistent_dir) if d is not None]
     try:
-        loader = _Loader(overrides, legacy_dir)
+        loader = _Loader(overrides, legacy_dir, check_only=check_only)
         try:
             loader.load_dirs(dirs)
         except _Stop:
@@ -501,5 +521,11 @@ def check_policy_set(
     Returns:
         ``path:line: reason`` errors; empty when the set would load.
     """
-    policy = _load(runtime_dir, persistent_dir, legacy_dir, overrides or {})
+    policy = _load(
+        runtime_dir,
+        persistent_dir,
+        legacy_dir,
+        overrides or {},
+        check_only=True,
+    )
     return policy.errors
