@@ -41,8 +41,17 @@ async def discard_created(ctx: Context, name: str) -> bool:
     return True
 
 
-def left_behind_note(name: str, owned_tag: str, *, template: bool) -> str:
-    """What an administrator reads about a qube that could not be removed."""
+def left_behind_note(
+    name: str, owned_tag: str, *, template: bool, marked: bool = True
+) -> str:
+    """What an administrator reads about a qube that could not be removed;
+    *marked*: it already carries nexusd's tag (and a template its
+    ``importing`` mark), so nexusd can tell it is its own."""
+    if not marked:
+        return (
+            f"; {'template' if template else 'qube'} {name!r} is left, made"
+            f" before nexusd could mark it: qvm-remove {name} removes it"
+        )
     if template:
         return (
             f"; template {name!r} is left half-made (tag {owned_tag},"
@@ -50,10 +59,7 @@ def left_behind_note(name: str, owned_tag: str, *, template: bool) -> str:
             " nexusd removes it once qubesd answers again, or"
             f" qvm-remove {name} does"
         )
-    return (
-        f"; qube {name!r} is left half-made (tag {owned_tag}):"
-        f" qvm-remove {name} removes it"
-    )
+    return f"; qube {name!r} is left half-made: qvm-remove {name} removes it"
 
 
 async def find_half_made(ctx: Context) -> list[str]:

@@ -150,10 +150,11 @@ async def import_template(
         if spec.name in await ctx.port.list_qubes():
             await _replace_half_made(ctx, spec.name)
         await ctx.port.create_qube("TemplateVM", spec.name, spec.label)
+        marked: list[bool] = []
         try:
-            result = await _fill(ctx, spec, stream)
+            result = await _fill(ctx, spec, stream, marked)
         except BaseException as err:
-            await _undo(ctx, spec, stream, err, via)
+            await _undo(ctx, spec, stream, err, via, marked=bool(marked))
             raise
     finally:
         stream.close()
@@ -191,14 +192,21 @@ async def _replace_half_made(ctx: Context, name: str) -> None:
 
 
 async def _fill(
-    ctx: Context, spec: TemplateSpec, stream: ImageStream
+    ctx: Context, spec: TemplateSpec, stream: ImageStream, marked: list[bool]
 ) -> dict[str, Any]:
-    """Mark, configure and fill the new template; return its record."""
+    """Mark, configure and fill the new template; return its record.
+
+    *marked* gets an item once the template carries nexusd's tag and the
+    ``importing`` mark, from which on the sweep can recognise it.
+    """
     port = ctx.port
     await port.add_tag(spec.name, ctx.settings.owned_tag)
+    await port.set_feature(spec.name, marks.IMAGE_STATE, marks.STATE_IMPORTING)
+    marked.append(True)
     features = spec.features()
     for name, value in features.items():
-        await port.set_feature(spec.name, name, value)
+        if name != marks.IMAGE_STATE:
+            await port.set_feature(spec.name, name, value)
     for name, value in spec.properties().items():
         await port.set_property(spec.name, name, value)
     await port.import_volume(
@@ -235,6 +243,8 @@ async def _undo(
     stream: ImageStream,
     err: BaseException,
     via: str,
+    *,
+    marked: bool,
 ) -> None:
     """Remove the half-made template; add what is left to *err*'s message."""
     removed = await discard_created(ctx, spec.name)
@@ -259,7 +269,7 @@ async def _undo(
         )
     if not removed and isinstance(err, NexusError):
         note = left_behind_note(
-            spec.name, ctx.settings.owned_tag, template=True
+            spec.name, ctx.settings.owned_tag, template=True, marked=marked
         )
         err.message += note
         err.args = (err.message,)
