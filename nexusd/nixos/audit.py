@@ -6,11 +6,11 @@ an AppVM, itself for a StandaloneVM. Whonix templates and every qube based
 on them are exempt (Qubes keeps Whonix for Tor); dom0 and the templates are
 listed apart. The audit only reads.
 
-XXX: a template advertises its own ``os-distribution`` and Whonix marks
-through ``qubes.FeaturesRequest``; a compromised template can claim to be
-NixOS or Whonix and be listed so; accepted because the audit only reports,
-says which mark it went by, and the template is one the administrator
-installed.
+XXX: marks are the template's claims; it can lie; accepted because advisory.
+A template advertises its own ``os-distribution`` and Whonix marks through
+``qubes.FeaturesRequest``, so a compromised template can claim to be NixOS
+or Whonix and be listed so; the audit only reports, says which mark it went
+by, and the template is one the administrator installed.
 """
 
 from __future__ import annotations

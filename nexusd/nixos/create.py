@@ -126,10 +126,10 @@ async def create_qube(
             removed, or the message says it is left.
     """
     if spec.klass == "StandaloneVM":
-        # XXX: a StandaloneVM needs its template's root volume cloned
+        # XXX: no StandaloneVM; refused; accepted because the port cannot
+        # clone yet. A StandaloneVM needs its template's root volume cloned
         # (admin.vm.volume.CloneFrom/CloneTo), which the Admin API port
-        # lacks; StandaloneVMs are refused; accepted because AppVMs and
-        # disposable templates cover nexus guests until the port has it.
+        # lacks; AppVMs and disposable templates cover nexus guests.
         msg = (
             "StandaloneVM needs the template's root volume cloned, which"
             " nexusd's Admin API port cannot do yet"
