@@ -33,6 +33,8 @@ SPEC = REPO / "rpm" / "nexusd.spec"
 QUBES_GID = 98
 #: Anything slower than this is hung, not slow.
 COMMAND_DEADLINE = 120
+#: A helper that has not stopped this long after SIGTERM is hung.
+STOP_DEADLINE = 30
 
 DOM0_SERVICES = frozenset(
     f"nexus.{name}"
@@ -415,6 +417,17 @@ def _until(check: Callable[[], bool], proc: subprocess.Popen[bytes]) -> None:
             pytest.fail("gave up waiting")
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM *proc*; SIGKILL it if it hangs, so no test leaves it behind."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=STOP_DEADLINE)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=COMMAND_DEADLINE)
+        raise
+
+
 def _notified(notify: socket.socket, field: str) -> list[str]:
     """Read sd_notify datagrams until one carries *field*; return all."""
     seen: list[str] = []
@@ -495,8 +508,7 @@ class TestInstalledDaemon:
                     daemon.kill()
                     daemon.wait(timeout=COMMAND_DEADLINE)
         finally:
-            qubesd.terminate()
-            qubesd.wait(timeout=COMMAND_DEADLINE)
+            _stop(qubesd)
             for sock in (listener, notify, *logs.values()):
                 sock.close()
 
