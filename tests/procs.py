@@ -54,10 +54,12 @@ def start_qubesd(root: Path) -> subprocess.Popen[bytes]:
 
 
 class Notifications:
-    """A NOTIFY_SOCKET datagram socket, as systemd binds it."""
+    """A NOTIFY_SOCKET datagram socket, as systemd binds it; it also keeps
+    the nexusd processes started with it, so a failing test leaves none."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.messages: list[str] = []
@@ -72,6 +74,12 @@ class Notifications:
 
     def close(self) -> None:
         self.sock.close()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            if proc.stderr is not None:
+                proc.stderr.close()
 
 
 def start_nexusd(
@@ -91,6 +99,7 @@ def start_nexusd(
         env={**os.environ, "NOTIFY_SOCKET": str(notify.path), **env},
         stderr=subprocess.PIPE,
     )
+    notify.procs.append(proc)
     notify.wait_for("READY=1")
     return proc
 

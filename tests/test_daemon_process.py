@@ -29,9 +29,11 @@ def dom0(tmp_path: Path):
     init_machine(root)
     qubesd = start_qubesd(root)
     notify = Notifications(tmp_path / "notify.sock")
-    yield root, notify
-    notify.close()
-    stop(qubesd)
+    try:
+        yield root, notify
+    finally:
+        notify.close()
+        stop(qubesd)
 
 
 def wait_reconciled(root: Path) -> None:
