@@ -130,21 +130,17 @@ def job_operations(service: NixosService) -> dict[str, JobOperation]:
             via=job.via,
         )
 
+    # Apply and Diff read only the configured file: a path from the bus
+    # would let a caller make nexusd, as root, read any file.
     async def apply(job: _JobContext) -> dict[str, Any]:
-        options = _parse_options(
-            untrusted_options=job.untrusted_options, strings=("path",)
-        )
+        _parse_options(untrusted_options=job.untrusted_options)
         return await service.apply(
-            path=options.get("path"),
-            progress=_steps_progress(job),
-            actor=job.actor,
+            progress=_steps_progress(job), actor=job.actor
         )
 
     async def diff(job: _JobContext) -> dict[str, Any]:
-        options = _parse_options(
-            untrusted_options=job.untrusted_options, strings=("path",)
-        )
-        return await service.diff(path=options.get("path"))
+        _parse_options(untrusted_options=job.untrusted_options)
+        return await service.diff()
 
     async def audit(job: _JobContext) -> dict[str, Any]:
         _parse_options(untrusted_options=job.untrusted_options)
