@@ -130,7 +130,11 @@ class Dom0Model:
         )
         rendered = {key: wire_str(value) for key, value in kwargs.items()}
         for sink in list(self._sinks):
-            sink(name, event, rendered)
+            # One broken listener must not fail the change that fired.
+            try:
+                sink(name, event, rendered)
+            except Exception:
+                log.exception("event_sink_failed", event=event)
 
     # -- queries -------------------------------------------------------------
 

@@ -22,8 +22,8 @@ import hashlib
 import os
 import select
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -39,6 +39,7 @@ from nexusd.sim.qubesexc import (
 
 __all__ = [
     "MAX_REQUEST",
+    "Permit",
     "QubesdServer",
     "serve_qubesd",
 ]
@@ -53,6 +54,9 @@ READ_CHUNK = 65536
 HANGUP_POLL_SECONDS = 0.5
 #: Mode of the socket file, as qubesd's umask 007 leaves it.
 SOCKET_MODE = 0o660
+
+#: ``permit(source, service, arg, target)``: may a non-dom0 caller see it?
+Permit = Callable[[str, str, str, str], bool]
 
 REPLY_OK = b"0\x00"
 REPLY_EVENT = b"1\x00"
@@ -119,7 +123,7 @@ class QubesdServer:
         model: Dom0Model,
         path: Path,
         *,
-        permit: Any = None,
+        permit: Permit | None = None,
     ) -> None:
         """Serve *model* at *path*; *permit* filters non-dom0 callers.
 
@@ -417,7 +421,7 @@ def _cleanup_stale(path: Path) -> None:
 
 
 async def serve_qubesd(
-    model: Dom0Model, path: Path, *, permit: Any = None
+    model: Dom0Model, path: Path, *, permit: Permit | None = None
 ) -> QubesdServer:
     """Start serving *model* at *path* and return the running server."""
     server = QubesdServer(model, path, permit=permit)
