@@ -161,17 +161,6 @@ def _uses(link: dict[str, Any], qube: str, name: str) -> bool:
     )
 
 
-def _audited(actor: str, via: str, action: str, qube: str, obj: str) -> None:
-    log.info(
-        "change_audited",
-        actor=actor,
-        via=via,
-        action=action,
-        qube=qube,
-        object=obj,
-    )
-
-
 class AdminMethods:
     """The administrator's operations on a running :class:`Daemon`."""
 
@@ -277,7 +266,6 @@ class AdminMethods:
             return gone, peers
 
         gone, peers = await self._store().write(op)
-        _audited(actor, via, "container_removed", qube, name)
         feed = self._daemon.feed
         feed.publish(Change("container", "removed", qube, name))
         for link in gone:
@@ -326,7 +314,6 @@ class AdminMethods:
 
         link = await self._store().write(op)
         source = link["from"]["qube"]
-        _audited(actor, via, "link_removed", source, link_id)
         self._daemon.feed.publish(
             Change("link", "removed", source, link_id, link)
         )

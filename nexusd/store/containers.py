@@ -45,7 +45,19 @@ def add_audit(
     obj: str,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """Record one change in the audit trail, in the caller's transaction."""
+    """Record one change in the audit trail, in the caller's transaction;
+    the store logs it as ``change_audited`` once the commit is durable."""
+    pending = getattr(conn, "audit_pending", None)
+    if pending is not None:
+        pending.append(
+            {
+                "actor": actor,
+                "via": via,
+                "action": action,
+                "qube": qube,
+                "object": obj,
+            }
+        )
     conn.execute(
         "INSERT INTO audit (at, actor, via, action, qube, object, detail)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",

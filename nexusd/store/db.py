@@ -138,7 +138,7 @@ class Store:
             batch, self._pending = self._pending, []
             ops = [op for op, _ in batch]
             try:
-                outcomes = await loop.run_in_executor(
+                outcomes, audit = await loop.run_in_executor(
                     self._executor, _run_batch, self._conn, ops
                 )
             except sqlite3.Error as err:
@@ -147,6 +147,8 @@ class Store:
                 outcomes = [(False, failure)] * len(ops)
             else:
                 self.commits += 1
+                for record in audit:
+                    log.info("change_audited", **record)
             self.generation += 1
             self._cache.clear()
             for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
@@ -166,6 +168,16 @@ class Store:
         self._executor.shutdown(wait=True)
 
 
+class AuditingConnection(sqlite3.Connection):
+    """A connection that keeps the audit records of its open transaction,
+    so that each is also logged once its commit is durable."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """As :class:`sqlite3.Connection`."""
+        super().__init__(*args, **kwargs)
+        self.audit_pending: list[dict[str, Any]] = []
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     conn = sqlite3.connect(
@@ -173,6 +185,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         isolation_level=None,
         check_same_thread=False,
         timeout=BUSY_TIMEOUT_MS / 1000,
+        factory=AuditingConnection,
     )
     try:
         (result,) = conn.execute("PRAGMA quick_check").fetchone()
@@ -201,24 +214,33 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 def _run_batch(
     conn: sqlite3.Connection, ops: list[Op]
-) -> list[tuple[bool, Any]]:
+) -> tuple[list[tuple[bool, Any]], list[dict[str, Any]]]:
+    """Run *ops* in one transaction; return their outcomes and the audit
+    records that the commit made durable."""
     outcomes: list[tuple[bool, Any]] = []
+    audit: list[dict[str, Any]] = getattr(conn, "audit_pending", [])
+    audit.clear()
     conn.execute("BEGIN IMMEDIATE")
     try:
         for op in ops:
             conn.execute("SAVEPOINT op")
+            mark = len(audit)
             try:
                 value = op(conn)
             except Exception as err:  # noqa: BLE001 - handed to its caller
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
+                del audit[mark:]
                 outcomes.append((False, err))
             else:
                 conn.execute("RELEASE op")
                 outcomes.append((True, value))
         conn.execute("COMMIT")
     except BaseException:
+        audit.clear()
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    return outcomes
+    committed = list(audit)
+    audit.clear()
+    return outcomes, committed
