@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_pkgs=(libsystemd-dev libgirepository1.0-dev libcairo2-dev pkg-config
-          dbus-daemon rpm rpmlint systemd)
+          dbus-daemon rpm rpmlint systemd
+          python3-pip python3-setuptools python3-wheel)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" \
