@@ -1,0 +1,402 @@
+# SPDX-License-Identifier: MIT
+"""Crash consistency: guests call, nexusd is killed with SIGKILL, restarted,
+and the disk is checked against what the guests were told.
+
+Each cycle starts nexusd, lets a few guest threads create and remove
+containers and links, and kills nexusd either from outside after a random
+delay or from inside at a named point (:mod:`reliability.crashpoint`).
+Before the restart the links file must be one whole rendering; after it,
+every ``ok`` must be in the database, every refused or removed object
+absent, every object owned and audited, and the links file must equal what
+the database implies, with no temporary file left.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reliability.crashpoint import POINTS
+from reliability.dom0 import GUESTS, Dom0, Reply
+from reliability.invariants import (
+    Snapshot,
+    check_database,
+    check_policy_complete,
+    check_policy_matches,
+    guest_owners,
+    leftover_files,
+    read_snapshot,
+)
+from reliability.model import (
+    UNCERTAIN_CODES,
+    ContainerKey,
+    LinkKey,
+    Model,
+    State,
+)
+
+__all__ = ["CrashReport", "run_crash_cycles"]
+
+#: Limits high enough that quotas never refuse the workload's calls.
+LIMITS: dict[str, int | float] = {
+    "containers_per_qube": 1000,
+    "containers_total": 4000,
+    "links_per_qube": 1000,
+    "calls_per_source": 32,
+    "calls_total": 64,
+}
+#: Guest threads per cycle; each owns the objects it names.
+THREADS = 4
+#: Calls per thread per cycle at most.
+CALLS_PER_THREAD = 12
+#: Containers a thread keeps at most before it prefers removals.
+KEEP = 6
+_PORTS = (80, 443, 5432, 8080)
+#: Share of cycles killed from outside after a random delay.
+EXTERNAL_SHARE = 0.4
+#: Longest delay before an outside kill, in seconds.
+EXTERNAL_DELAY_MAX = 0.25
+
+
+@dataclass
+class CrashReport:
+    """What a run tried and found."""
+
+    cycles: int = 0
+    kills: Counter[str] = field(default_factory=Counter)
+    points_not_reached: Counter[str] = field(default_factory=Counter)
+    calls: Counter[str] = field(default_factory=Counter)
+    violations: list[str] = field(default_factory=list)
+    objects: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        """The report as text lines."""
+        out = [
+            f"cycles: {self.cycles} in {self.seconds:.1f} s",
+            "kills: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(self.kills.items())),
+        ]
+        if self.points_not_reached:
+            out.append(
+                "points not reached (killed from outside at the end): "
+                + ", ".join(
+                    f"{k} {v}"
+                    for k, v in sorted(self.points_not_reached.items())
+                )
+            )
+        out.append(
+            f"calls: {sum(self.calls.values())} ("
+            + ", ".join(f"{k} {v}" for k, v in sorted(self.calls.items()))
+            + ")"
+        )
+        out.append(
+            "objects at the end: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(self.objects.items()))
+        )
+        out.append(f"invariant violations: {len(self.violations)}")
+        out += [f"  {v}" for v in self.violations[:50]]
+        return out
+
+
+class _Guest(threading.Thread):
+    """One thread of guest calls on objects named with its own prefix."""
+
+    def __init__(
+        self,
+        dom0: Dom0,
+        model: Model,
+        index: int,
+        names: Counter[int],
+        rng: random.Random,
+        stop: threading.Event,
+        calls: Counter[str],
+    ) -> None:
+        super().__init__(name=f"guest-{index}", daemon=True)
+        self.dom0 = dom0
+        self.model = model
+        self.prefix = f"t{index}"
+        self.index = index
+        self.names = names
+        self.rng = rng
+        self.stop = stop
+        self.calls = calls
+        self.violations: list[str] = []
+
+    def run(self) -> None:
+        for _ in range(CALLS_PER_THREAD):
+            if self.stop.is_set():
+                return
+            reply = self.step()
+            if (
+                reply is not None
+                and reply.body is None
+                and (
+                    reply.error
+                    in {"ConnectionRefusedError", "FileNotFoundError"}
+                )
+            ):
+                return
+
+    def _new_name(self) -> str:
+        self.names[self.index] += 1
+        return f"{self.prefix}x{self.names[self.index]:x}"
+
+    def step(self) -> Reply | None:
+        mine = self.model.present_containers(self.prefix)
+        links = self.model.present_links(self.prefix)
+        offered = [c for c in mine if self.model.ports.get(c)]
+        choices = ["create"] * 3
+        if len(mine) > KEEP:
+            choices = ["remove"] * 3
+        if len(mine) >= 2 and offered:
+            choices += ["link"] * 3
+        if links:
+            choices += ["unlink"]
+        if mine:
+            choices += ["remove", "report"]
+        action = self.rng.choice(choices)
+        if action == "create":
+            return self.create()
+        if action == "remove":
+            return self.remove(self.rng.choice(mine))
+        if action == "report":
+            return self.report(self.rng.choice(mine))
+        if action == "unlink":
+            return self.unlink(self.rng.choice(links))
+        target = self.rng.choice(offered)
+        sources = [c for c in mine if c.qube != target.qube]
+        if not sources:
+            return self.create()
+        return self.link(self.rng.choice(sources), target)
+
+    def _count(self, reply: Reply) -> None:
+        with self.model.lock:
+            self.calls[reply.code or f"no reply ({reply.error})"] += 1
+
+    def _settle(self, reply: Reply, expected: bool = True) -> State:
+        """The state a call's reply leaves its object in."""
+        self._count(reply)
+        if reply.ok:
+            return State.PRESENT
+        if reply.code is None or reply.code in UNCERTAIN_CODES:
+            return State.UNKNOWN
+        if expected:
+            self.violations.append(
+                f"call on a present object refused: {reply.body}"
+            )
+        return State.ABSENT
+
+    def create(self) -> Reply:
+        qube = self.rng.choice(GUESTS)
+        key = ContainerKey(qube, self._new_name())
+        ports = tuple(sorted(self.rng.sample(_PORTS, self.rng.randint(0, 2))))
+        with self.model.lock:
+            self.model.ports[key] = ports
+            self.model.containers[key] = State.UNKNOWN
+        reply = self.dom0.call(
+            "nexus.ContainerCreate",
+            key.name,
+            source=qube,
+            payload={"ports": list(ports)},
+        )
+        self.model.set_container(key, self._settle(reply))
+        return reply
+
+    def remove(self, key: ContainerKey) -> Reply:
+        self.model.set_container(key, State.UNKNOWN)
+        reply = self.dom0.call(
+            "nexus.ContainerRemove", key.name, source=key.qube
+        )
+        state = self._settle(reply)
+        if state is State.PRESENT:
+            state = State.ABSENT
+        self.model.set_container(key, state)
+        return reply
+
+    def report(self, key: ContainerKey) -> Reply:
+        reply = self.dom0.call(
+            "nexus.ContainerReport",
+            key.name,
+            source=key.qube,
+            payload={"state": self.rng.choice(["running", "stopped"])},
+        )
+        if self._settle(reply) is State.ABSENT:
+            self.model.set_container(key, State.ABSENT)
+        return reply
+
+    def link(self, source: ContainerKey, target: ContainerKey) -> Reply:
+        port = self.rng.choice(self.model.ports[target])
+        key = LinkKey(source, target, port)
+        with self.model.lock:
+            was = self.model.links.get(key)
+        if was is not State.PRESENT:
+            self.model.set_link(key, State.UNKNOWN)
+        reply = self.dom0.call(
+            "nexus.LinkRequest",
+            f"{target.name}.{port}",
+            source=source.qube,
+            target=f"name {target.qube}",
+            payload={"from": source.name},
+        )
+        state = self._settle(reply)
+        if state is not State.PRESENT and was is State.PRESENT:
+            state = State.UNKNOWN
+        self.model.set_link(key, state)
+        return reply
+
+    def unlink(self, key: LinkKey) -> Reply:
+        caller, other = key.source.qube, key.target.qube
+        if self.rng.random() < 0.5:
+            caller, other = other, caller
+        self.model.set_link(key, State.UNKNOWN)
+        reply = self.dom0.call(
+            "nexus.LinkRemove",
+            f"{key.target.name}.{key.port}",
+            source=caller,
+            target=f"name {other}",
+            payload={"from": key.source.name},
+        )
+        state = self._settle(reply)
+        if state is State.PRESENT:
+            state = State.ABSENT
+        self.model.set_link(key, state)
+        return reply
+
+
+def _one_cycle(
+    dom0: Dom0,
+    model: Model,
+    rng: random.Random,
+    names: Counter[int],
+    report: CrashReport,
+    last: Snapshot | None,
+    point: str | None,
+) -> tuple[list[str], Snapshot | None]:
+    """Start nexusd (the restart after the last kill), check what the
+    restart must have repaired, call, kill, check what the kill left.
+
+    Returns:
+        The violations, and the snapshot the next restart is checked
+        against (the last one while no start got as far as serving).
+    """
+    after = rng.randint(1, 4)
+    try:
+        dom0.start_nexusd(crash_point=point, crash_after=after)
+        serving = dom0.wait_serving()
+    except RuntimeError:  # died before READY=1: killed at its point
+        serving = False
+    violations: list[str] = []
+    if serving and last is not None:
+        violations += _after_restart(dom0, last)
+    stop = threading.Event()
+    guests = [
+        _Guest(
+            dom0,
+            model,
+            i,
+            names,
+            random.Random(rng.random()),  # noqa: S311 - a test's choices
+            stop,
+            report.calls,
+        )
+        for i in range(THREADS)
+    ]
+    if serving:
+        for guest in guests:
+            guest.start()
+    if point is None:
+        time.sleep(rng.uniform(0, EXTERNAL_DELAY_MAX))
+        report.kills["outside"] += 1
+    else:
+        for guest in guests:
+            if guest.ident is not None:
+                guest.join()
+        if dom0.nexusd_alive():
+            report.points_not_reached[point] += 1
+        else:
+            report.kills[point] += 1
+    dom0.kill_nexusd()
+    stop.set()
+    for guest in guests:
+        if guest.ident is not None:
+            guest.join()
+
+    violations += [v for g in guests for v in g.violations]
+    violations += check_policy_complete(dom0.root)
+    snap = read_snapshot(dom0.database)
+    violations += model.check(set(snap.containers), set(snap.links))
+    violations += check_database(snap, guest_owners(dom0.root))
+    return violations, snap if serving or last is None else last
+
+
+def _after_restart(dom0: Dom0, snap: Snapshot) -> list[str]:
+    """What a restart must have repaired: the links file equals what the
+    database implies, and no temporary file is left."""
+    return check_policy_matches(dom0.root, snap) + leftover_files(dom0.root)
+
+
+def run_crash_cycles(
+    root: Path,
+    cycles: int,
+    *,
+    seed: int = 0,
+    spawn: str = "fork",
+    schedule: list[str | None] | None = None,
+    progress: bool = False,
+) -> CrashReport:
+    """Run *cycles* kill cycles against a new simulated dom0 in *root*.
+
+    Args:
+        root: an empty or missing folder for the simulated dom0.
+        cycles: how many kills.
+        seed: seed of every random choice (same seed, same choices; the
+            timing of the outside kills still varies).
+        spawn: how nexusd is started (:class:`reliability.dom0.Dom0`).
+        schedule: the crash point of each cycle in turn (None: a kill from
+            outside), repeated; by default each cycle draws one, a kill
+            from outside with probability ``EXTERNAL_SHARE``.
+        progress: print a line every 50 cycles.
+    """
+    rng = random.Random(seed)  # noqa: S311 - reproducible, not secret
+    report = CrashReport()
+    model = Model()
+    names: Counter[int] = Counter()
+    dom0 = Dom0(root, limits=LIMITS, spawn=spawn).create()
+    started = time.monotonic()
+    dom0.start_qubesd()
+    last: Snapshot | None = None
+    try:
+        for cycle in range(cycles):
+            if schedule:
+                point = schedule[cycle % len(schedule)]
+            elif rng.random() < EXTERNAL_SHARE:
+                point = None
+            else:
+                point = rng.choice(sorted(POINTS))
+            found, last = _one_cycle(
+                dom0, model, rng, names, report, last, point
+            )
+            report.violations += [f"cycle {cycle}: {v}" for v in found]
+            report.cycles += 1
+            if progress and report.cycles % 50 == 0:
+                print(  # noqa: T201 - progress of a long run
+                    f"  {report.cycles} cycles,"
+                    f" {len(report.violations)} violations",
+                    flush=True,
+                )
+        if last is not None:
+            dom0.start_nexusd()
+            if not dom0.wait_serving():
+                report.violations.append("nexusd died at the final restart")
+            found = _after_restart(dom0, last)
+            report.violations += [f"final restart: {v}" for v in found]
+    finally:
+        dom0.close()
+        report.seconds = time.monotonic() - started
+        report.objects = model.counts()
+    return report

@@ -1,0 +1,129 @@
+# SPDX-License-Identifier: MIT
+"""Run nexusd so that it kills itself with SIGKILL at a chosen point.
+
+``NEXUS_CRASH_POINT`` names the point and ``NEXUS_CRASH_AFTER`` how many
+times it is passed before the kill (default 1). The points wrap nexusd's
+own functions from outside, so nexusd carries no test hooks; a kill there
+is what a power cut at that instant leaves on disk, short of the page
+cache (which SIGKILL keeps and a power cut loses; fsync is what covers
+that, and is checked by reading the code, not here).
+
+Run as ``python -m reliability.crashpoint NEXUSD-ARGS...``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+__all__ = ["POINTS", "install", "run_nexusd"]
+
+#: Each point, and what has happened on disk when the kill comes.
+POINTS: dict[str, str] = {
+    "before_commit": "a batch of writes ran in its transaction; no COMMIT",
+    "after_commit": "COMMIT returned; no caller has been answered",
+    "policy_temp_written": "the new policy file is written and fsynced"
+    " under its temporary name; not renamed",
+    "policy_renamed": "the policy file is renamed into place; the folder"
+    " is not fsynced",
+    "after_reply": "a reply was written and its connection closed",
+}
+
+
+class _Counter:
+    def __init__(self, point: str, after: int) -> None:
+        self.point = point
+        self.after = after
+        self.passed = 0
+
+    def hit(self, point: str) -> None:
+        if point != self.point:
+            return
+        self.passed += 1
+        if self.passed >= self.after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _OsProxy(ModuleType):
+    """``os`` for nexusd.linkpolicy, with renames that pass two points."""
+
+    def __init__(self, counter: _Counter) -> None:
+        super().__init__("os")
+        self._counter = counter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def _moved(self, move: Callable[..., None], *args: Any) -> None:
+        self._counter.hit("policy_temp_written")
+        move(*args)
+        self._counter.hit("policy_renamed")
+
+    def rename(self, *args: Any, **kwargs: Any) -> None:
+        self._moved(lambda: os.rename(*args, **kwargs))
+
+    def replace(self, *args: Any, **kwargs: Any) -> None:
+        self._moved(lambda: os.replace(*args, **kwargs))
+
+
+def install(point: str, after: int = 1) -> None:
+    """Make this process SIGKILL itself the *after*-th time it reaches
+    *point* (one of :data:`POINTS`).
+
+    Raises:
+        ValueError: no such point.
+    """
+    if point not in POINTS:
+        msg = f"unknown crash point {point!r}; known: {', '.join(POINTS)}"
+        raise ValueError(msg)
+    counter = _Counter(point, after)
+
+    from nexusd import linkpolicy
+    from nexusd.rpc import server
+    from nexusd.store import db
+
+    run_batch = db._run_batch
+
+    def crashing_batch(conn: Any, ops: list[Any]) -> Any:
+        def passing(op: Any) -> Any:
+            def run(c: Any) -> Any:
+                try:
+                    return op(c)
+                finally:
+                    if op is ops[-1]:
+                        counter.hit("before_commit")
+
+            return run
+
+        outcomes = run_batch(conn, [passing(op) for op in ops])
+        counter.hit("after_commit")
+        return outcomes
+
+    db._run_batch = crashing_batch
+    linkpolicy.os = _OsProxy(counter)  # type: ignore[assignment]
+
+    send_and_close = server._send_and_close
+
+    async def crashing_send(*args: Any) -> None:
+        await send_and_close(*args)
+        counter.hit("after_reply")
+
+    server._send_and_close = crashing_send
+
+
+def run_nexusd(argv: list[str]) -> int:
+    """Install the crash point named in the environment, run nexusd."""
+    point = os.environ.get("NEXUS_CRASH_POINT")
+    if point:
+        install(point, int(os.environ.get("NEXUS_CRASH_AFTER", "1")))
+    from nexusd.daemon import main
+
+    return main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run_nexusd(sys.argv[1:]))
