@@ -11,7 +11,11 @@ from __future__ import annotations
 import os
 import socket
 
+import structlog
+
 __all__ = ["Notifier", "watchdog_interval"]
+
+log = structlog.get_logger()
 
 
 def watchdog_interval(pid: int | None = None) -> float | None:
@@ -59,7 +63,12 @@ class Notifier:
         if not os.environ.get("NOTIFY_SOCKET"):
             return
         message = "\n".join(f"{k}={v}" for k, v in fields.items())
-        self._send(message)
+        try:
+            self._send(message)
+        except OSError as err:
+            # The manager went away (or a test closed its socket): nexusd
+            # keeps serving; systemd's own watchdog judges the silence.
+            log.warning("notify_failed", error=err.strerror or str(err))
 
     def ready(self, status: str) -> None:
         """Tell the manager that nexusd serves."""

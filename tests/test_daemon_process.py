@@ -140,3 +140,17 @@ class TestDurability:
 
         assert proc.returncode == 1
         assert b"newer than this nexusd" in proc.stderr
+
+
+class TestNotifyPeerGone:
+    def test_closed_notify_socket_does_not_stop_nexusd(self, dom0) -> None:
+        """If the notify socket goes away after READY, nexusd keeps serving
+        and still exits 0 on SIGTERM."""
+        root, notify = dom0
+        proc = start_nexusd(root, notify)
+        notify.sock.close()
+        notify.path.unlink()
+
+        wait_reconciled(root)
+
+        assert stop(proc) == 0
