@@ -95,7 +95,7 @@ def _crash(args: argparse.Namespace) -> int:
 def _fuzz(args: argparse.Namespace) -> int:
     from reliability.fuzz import run_fuzz
 
-    report = run_fuzz(args.examples, seed=args.seed, only=args.only)
+    report = run_fuzz(args.examples, seed_value=args.seed, only=args.only)
     for line in report.lines():
         print(line)  # noqa: T201 - the command's output
     return 1 if report.failures else 0
