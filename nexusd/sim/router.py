@@ -35,7 +35,13 @@ from typing import IO, Any
 
 import structlog
 
-from nexusd.policy import Request, SystemInfo, load_policy_set
+from nexusd.policy import (
+    Decision,
+    PolicySet,
+    Request,
+    SystemInfo,
+    load_policy_set,
+)
 from nexusd.sim import lifecycle
 from nexusd.sim.client import ReplyError, parse_reply, qubesd_call
 from nexusd.sim.layout import SimLayout
@@ -115,7 +121,7 @@ class _PolicyCache:
     def __init__(self, layout: SimLayout) -> None:
         self.layout = layout
         self._signature: tuple[Any, ...] | None = None
-        self._policy: Any = None
+        self._policy: PolicySet | None = None
 
     def _current_signature(self) -> tuple[Any, ...]:
         entries = []
@@ -130,7 +136,7 @@ class _PolicyCache:
                     entries.append((str(path), st.st_mtime_ns, st.st_size))
         return tuple(entries)
 
-    def get(self) -> Any:
+    def get(self) -> PolicySet:
         signature = self._current_signature()
         if signature != self._signature or self._policy is None:
             self._policy = load_policy_set(
@@ -148,9 +154,9 @@ def _decide(
     target: str,
     service_and_arg: str,
     *,
-    policy: Any = None,
+    policy: PolicySet | None = None,
     info: dict[str, Any] | None = None,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Decision, dict[str, Any]]:
     service, argument = split_service(untrusted_service_and_arg=service_and_arg)
     target = _check_target(untrusted_target=target)
     if info is None:
@@ -245,7 +251,7 @@ def _normalized_target(target: str, info: dict[str, Any]) -> str:
     return target if target in info["domains"] else "@default"
 
 
-def _resolve(layout: SimLayout, decision: Any, requested: str) -> str:
+def _resolve(layout: SimLayout, decision: Decision, requested: str) -> str:
     """The target an allowed (or answered) decision connects to.
 
     Raises:
