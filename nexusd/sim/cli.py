@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -152,12 +153,22 @@ def _cmd_query(args: argparse.Namespace) -> int:
 def _stdin_reader(loop: asyncio.AbstractEventLoop) -> asyncio.StreamReader:
     """stdin as a StreamReader, fed by a thread (works for files too)."""
     reader = asyncio.StreamReader(limit=STDIN_CHUNK)
-    source = sys.stdin.buffer
+    # Raw reads of fd 0: a daemon thread blocked in the buffered reader holds
+    # its lock, and the interpreter aborts when it finalizes stdin at exit.
+    try:
+        fd = sys.stdin.fileno()
+    except (OSError, ValueError):
+        fd = -1
+
+    def read() -> bytes:
+        if fd >= 0:
+            return os.read(fd, STDIN_CHUNK)
+        return sys.stdin.buffer.read1(STDIN_CHUNK)
 
     def pump() -> None:
         while True:
             try:
-                chunk = source.read1(STDIN_CHUNK)
+                chunk = read()
             except (OSError, ValueError):
                 chunk = b""
             try:
