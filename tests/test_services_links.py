@@ -331,3 +331,50 @@ class TestLinkLifetime:
         await daemon.links.sync_policy()
 
         assert daemon.links.writer.writes == writes
+
+
+class TestUpstreamQrexecAcceptsFile:
+    @pytest.mark.qrexec
+    async def test_qrexec_parser_loads_generated_file(
+        self, daemon, root
+    ) -> None:
+        """If upstream qrexec's parser loads the folders with nexusd's file,
+        it allows the linked Connect and denies an unlinked one."""
+        parser = pytest.importorskip("qrexec.policy.parser")
+        exc = pytest.importorskip("qrexec.exc")
+        await link(daemon)
+        layout = SimLayout(root)
+        system = {
+            "domains": {
+                name: {**info, "icon": "", "guivm": "dom0", "internal": False}
+                for name, info in daemon.registry.system_info()[
+                    "domains"
+                ].items()
+            }
+        }
+
+        upstream = parser.FilePolicy(
+            policy_path=[layout.runtime_policy_dir, layout.policy_dir]
+        )
+        allowed = upstream.evaluate(
+            parser.Request(
+                "nexus.Connect",
+                "+postgres.5432",
+                "work",
+                "db",
+                system_info=system,
+            )
+        )
+
+        assert allowed.target == "db"
+        assert str(allowed.rule.filepath).endswith(LINKS_FILE)
+        with pytest.raises(exc.AccessDenied):
+            upstream.evaluate(
+                parser.Request(
+                    "nexus.Connect",
+                    "+postgres.5432",
+                    "personal",
+                    "db",
+                    system_info=system,
+                )
+            )
