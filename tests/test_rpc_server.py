@@ -185,3 +185,31 @@ class TestLimits:
             await daemon.stop()
 
         assert reply["ok"] is True
+
+
+class TestShutdown:
+    async def test_in_flight_call_is_answered_when_stopping(
+        self, tmp_path: Path
+    ) -> None:
+        """If nexusd stops while a call is in flight, the call still gets
+        one reply (finished within the grace, or shutting_down), and new
+        connections are refused."""
+        port = FakePort()
+        port.add("work", guest=True)
+        daemon = await start_daemon(
+            tmp_path, port, shutdown_grace=0.2, payload_timeout=5
+        )
+        path = daemon.config.paths.socket
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(b"nexus.ContainerCreate+web work keyword adminvm\0{")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+
+        await daemon.stop()
+        reply = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+
+        assert error_code(reply) == "shutting_down"
+        assert db_rows(daemon, "containers") == []
+        with pytest.raises(OSError):
+            await asyncio.open_unix_connection(str(path))
