@@ -165,3 +165,51 @@ __all__ = [
     "sim_config",
     "start_daemon",
 ]
+
+
+def lay_out_policy(root: Path, shared: Path) -> Path:
+    """dom0's shipped policy files (less !compat-4.0, whose old files are
+    the policy engine's tests' business) plus nexusd's own, under *root*."""
+    import shutil
+
+    from nexusd.sim.layout import SimLayout
+
+    layout = SimLayout(root)
+    shutil.copytree(
+        shared / "fixtures" / "qubes-policy" / "policy.d",
+        layout.policy_dir,
+        ignore=shutil.ignore_patterns("35-compat.policy"),
+    )
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copy(repo / "policy" / "50-nexus.policy", layout.policy_dir)
+    return root
+
+
+def guest_port() -> FakePort:
+    """work and db as nexus guests, personal as an ordinary qube."""
+    port = FakePort()
+    port.add("work", guest=True)
+    port.add("db", guest=True)
+    port.add("personal")
+    return port
+
+
+async def populate(daemon: Daemon) -> str:
+    """web in work, postgres:5432 in db, a link between; the link's id."""
+    await call(daemon, "nexus.ContainerCreate", "web", source="work")
+    await call(
+        daemon,
+        "nexus.ContainerCreate",
+        "postgres",
+        source="db",
+        payload={"ports": [5432]},
+    )
+    reply = await call(
+        daemon,
+        "nexus.LinkRequest",
+        "postgres.5432",
+        source="work",
+        target="name db",
+        payload={"from": "web"},
+    )
+    return str(reply["result"]["link"]["id"])

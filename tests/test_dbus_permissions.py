@@ -18,9 +18,7 @@ from nexusd.dbus.bus import Caller
 from nexusd.dbus.private_bus import PrivateBus
 from nexusd.dbus.service import authorize
 from nexusd.errors import Denied
-from nexusd.sim.layout import SimLayout
-from tests.conftest import REPO
-from tests.harness import FakePort, call, db_rows, start_daemon
+from tests.harness import FakePort, call, db_rows, lay_out_policy, start_daemon
 
 NEXUSCTL = Path(sys.executable).with_name("nexusctl")
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -33,14 +31,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def root(tmp_path: Path, shared_dir: Path) -> Path:
-    layout = SimLayout(tmp_path)
-    shutil.copytree(
-        shared_dir / "fixtures" / "qubes-policy" / "policy.d",
-        layout.policy_dir,
-        ignore=shutil.ignore_patterns("35-compat.policy"),
-    )
-    shutil.copy(REPO / "policy" / "50-nexus.policy", layout.policy_dir)
-    return tmp_path
+    return lay_out_policy(tmp_path, shared_dir)
 
 
 def make_port() -> FakePort:

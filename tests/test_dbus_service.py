@@ -19,8 +19,16 @@ from nexusd.dbus import BUS_NAME, INTERFACE, OBJECT_PATH, introspection_xml
 from nexusd.dbus.private_bus import PrivateBus
 from nexusd.errors import OperationError
 from nexusd.sim.layout import SimLayout
-from tests.conftest import REPO
-from tests.harness import FakePort, call, db_rows, settle, start_daemon
+from tests.harness import (
+    FakePort,
+    call,
+    db_rows,
+    guest_port,
+    lay_out_policy,
+    populate,
+    settle,
+    start_daemon,
+)
 
 LINKS_FILE = "45-nexus-links.policy"
 
@@ -122,44 +130,12 @@ def bus():
 
 @pytest.fixture
 def port() -> FakePort:
-    port = FakePort()
-    port.add("work", guest=True)
-    port.add("db", guest=True)
-    port.add("personal")
-    return port
+    return guest_port()
 
 
 @pytest.fixture
 def root(tmp_path: Path, shared_dir: Path) -> Path:
-    layout = SimLayout(tmp_path)
-    shutil.copytree(
-        shared_dir / "fixtures" / "qubes-policy" / "policy.d",
-        layout.policy_dir,
-        ignore=shutil.ignore_patterns("35-compat.policy"),
-    )
-    shutil.copy(REPO / "policy" / "50-nexus.policy", layout.policy_dir)
-    return tmp_path
-
-
-async def populate(daemon) -> str:
-    """web in work, postgres in db, a link from web to postgres:5432."""
-    await call(daemon, "nexus.ContainerCreate", "web", source="work")
-    await call(
-        daemon,
-        "nexus.ContainerCreate",
-        "postgres",
-        source="db",
-        payload={"ports": [5432]},
-    )
-    reply = await call(
-        daemon,
-        "nexus.LinkRequest",
-        "postgres.5432",
-        source="work",
-        target="name db",
-        payload={"from": "web"},
-    )
-    return reply["result"]["link"]["id"]
+    return lay_out_policy(tmp_path, shared_dir)
 
 
 @pytest.fixture

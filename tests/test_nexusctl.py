@@ -22,8 +22,7 @@ from nexusd.dbus.jobs import JobContext
 from nexusd.dbus.private_bus import PrivateBus
 from nexusd.errors import Conflict
 from nexusd.sim.layout import SimLayout
-from tests.conftest import REPO
-from tests.harness import FakePort, call, db_rows, start_daemon
+from tests.harness import FakePort, call, db_rows, lay_out_policy, start_daemon
 
 NEXUSCTL = Path(sys.executable).with_name("nexusctl")
 
@@ -48,14 +47,7 @@ def bus():
 
 @pytest.fixture
 def root(tmp_path: Path, shared_dir: Path) -> Path:
-    layout = SimLayout(tmp_path)
-    shutil.copytree(
-        shared_dir / "fixtures" / "qubes-policy" / "policy.d",
-        layout.policy_dir,
-        ignore=shutil.ignore_patterns("35-compat.policy"),
-    )
-    shutil.copy(REPO / "policy" / "50-nexus.policy", layout.policy_dir)
-    return tmp_path
+    return lay_out_policy(tmp_path, shared_dir)
 
 
 @pytest.fixture

@@ -4,40 +4,33 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from nexusd.policy import load_policy_set
 from nexusd.sim.layout import SimLayout
-from tests.conftest import REPO
-from tests.harness import FakePort, call, db_rows, settle, start_daemon
+from tests.harness import (
+    FakePort,
+    call,
+    db_rows,
+    guest_port,
+    lay_out_policy,
+    settle,
+    start_daemon,
+)
 
 LINKS_FILE = "45-nexus-links.policy"
 
 
 @pytest.fixture
 def port() -> FakePort:
-    port = FakePort()
-    port.add("work", guest=True)
-    port.add("db", guest=True)
-    port.add("personal")
-    return port
+    return guest_port()
 
 
 @pytest.fixture
 def root(tmp_path: Path, shared_dir: Path) -> Path:
-    layout = SimLayout(tmp_path)
-    # The shipped files of dom0, less !compat-4.0: the old per-service files
-    # are the policy engine's tests' business, not the links'.
-    shutil.copytree(
-        shared_dir / "fixtures" / "qubes-policy" / "policy.d",
-        layout.policy_dir,
-        ignore=shutil.ignore_patterns("35-compat.policy"),
-    )
-    shutil.copy(REPO / "policy" / "50-nexus.policy", layout.policy_dir)
-    return tmp_path
+    return lay_out_policy(tmp_path, shared_dir)
 
 
 @pytest.fixture
