@@ -18,7 +18,13 @@ from nexusd.dbus.bus import Caller
 from nexusd.dbus.private_bus import PrivateBus
 from nexusd.dbus.service import authorize
 from nexusd.errors import Denied
-from tests.harness import FakePort, call, db_rows, lay_out_policy, start_daemon
+from tests.harness import (
+    FakePort,
+    db_rows,
+    lay_out_policy,
+    populate,
+    start_daemon,
+)
 
 NEXUSCTL = Path(sys.executable).with_name("nexusctl")
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -43,23 +49,7 @@ def make_port() -> FakePort:
 
 async def linked_daemon(root: Path):
     daemon = await start_daemon(root, make_port())
-    await call(daemon, "nexus.ContainerCreate", "web", source="work")
-    await call(
-        daemon,
-        "nexus.ContainerCreate",
-        "postgres",
-        source="db",
-        payload={"ports": [5432]},
-    )
-    reply = await call(
-        daemon,
-        "nexus.LinkRequest",
-        "postgres.5432",
-        source="work",
-        target="name db",
-        payload={"from": "web"},
-    )
-    return daemon, reply["result"]["link"]["id"]
+    return daemon, await populate(daemon)
 
 
 async def nexusctl_as_nobody(address: str, *argv: str) -> tuple[int, str, str]:
