@@ -23,3 +23,5 @@ if [[ -n $big ]]; then
     echo "$big" >&2
     exit 1
 fi
+
+.venv/bin/mypy

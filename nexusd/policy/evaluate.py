@@ -200,7 +200,7 @@ def _target_matches(
         if kind is _K.TYPE:
             return domain.type == rule.target_value
         return rule.target_value in domain.tags
-    template = other
+    template: str | None = other
     if intended.kind is _K.DISPVM:
         template = _default_dispvm(source, system)
     elif intended.kind is not _K.DISPVM_TEMPLATE:
@@ -262,11 +262,11 @@ def _expand(token: str, system: SystemInfo) -> set[str]:
     elif kind is _K.TAG:
         found.update(d.name for d in system.domains() if value in d.tags)
     elif kind is _K.DISPVM_TEMPLATE:
-        domain = system.get(value)
-        if domain is None:
+        named = system.get(value)
+        if named is None:
             reason = f"ask: no such qube for {token!r}"
             raise _Refused(reason)
-        if domain.template_for_dispvms:
+        if named.template_for_dispvms:
             found.add(token)
     elif kind is _K.DISPVM_TAG:
         found.update(
@@ -274,13 +274,13 @@ def _expand(token: str, system: SystemInfo) -> set[str]:
             for d in system.domains()
             if d.template_for_dispvms and value in d.tags
         )
-    named = set()
+    resolved: set[str] = set()
     for target in found:
         try:
-            named.add(system.to_name(target))
+            resolved.add(system.to_name(target))
         except KeyError:
             continue
-    return named
+    return resolved
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -48,10 +48,11 @@ class Backoff:
         """The wait before retry number *attempt* (0 for the first)."""
         base = min(self.cap, self.first * 2 ** min(attempt, 32))
         # Jitter spreads reconnects; it is not security-relevant.
-        return base * (1 + self.jitter * random.random())  # noqa: S311
+        spread = 1 + self.jitter * random.random()  # noqa: S311
+        return float(base * spread)
 
 
-Connect = Callable[[], AsyncIterator[Event]]
+Connect = Callable[[], AsyncGenerator[Event, None]]
 
 
 async def follow_events(

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import functools
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -448,7 +448,7 @@ class QubesadminPort:
             timeout=timeout + self.call_timeout,
         )
 
-    async def _events_once(self) -> AsyncIterator[Event]:
+    async def _events_once(self) -> AsyncGenerator[Event, None]:
         """One admin.Events connection through ``EventsDispatcher``."""
         queue: asyncio.Queue[Event] = asyncio.Queue(EVENT_BACKLOG)
         overflow = False

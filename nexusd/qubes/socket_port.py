@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 import structlog
@@ -400,7 +400,7 @@ class SocketPort:
             self.sim_root, qube, service_and_arg, payload, timeout
         )
 
-    async def _events_once(self) -> AsyncIterator[Event]:
+    async def _events_once(self) -> AsyncGenerator[Event, None]:
         request = build_request("admin.Events", _DOM0)
         writer: asyncio.StreamWriter | None = None
         try:

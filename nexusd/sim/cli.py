@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import cast
 
 import structlog
 
@@ -163,7 +165,8 @@ def _stdin_reader(loop: asyncio.AbstractEventLoop) -> asyncio.StreamReader:
     def read() -> bytes:
         if fd >= 0:
             return os.read(fd, STDIN_CHUNK)
-        return sys.stdin.buffer.read1(STDIN_CHUNK)
+        buffered = cast(io.BufferedReader, sys.stdin.buffer)
+        return bytes(buffered.read1(STDIN_CHUNK))
 
     def pump() -> None:
         while True:

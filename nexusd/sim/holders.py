@@ -59,7 +59,7 @@ class Holder:
 
     def __init__(self, app: Dom0Model) -> None:
         """Start with no property set explicitly."""
-        self.app = app
+        self.app: Dom0Model = app
         self.values: dict[str, Any] = {}
 
     @property

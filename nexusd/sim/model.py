@@ -79,8 +79,8 @@ class Dom0Model:
         self.globals = GlobalProps(self)
         self.domains: dict[str, Qube] = {}
         self.kernels: list[str] = []
-        self.host_memory_mib = 16384
-        self.dom0_maxmem_mib = 4096
+        self.host_memory_mib: int = 16384
+        self.dom0_maxmem_mib: int = 4096
         self._sinks: list[EventSink] = []
         dom0 = AdminVM(self)
         dom0.values["label"] = "black"

@@ -140,11 +140,11 @@ def _kernelopts_default(holder: Holder) -> Any:
 
 
 def _running_int(holder: Holder) -> Any:
-    return holder.xid if holder.is_running() else -1
+    return getattr(holder, "xid", -1) if holder.is_running() else -1
 
 
 def _start_time(holder: Holder) -> Any:
-    return holder.start_time if holder.is_running() else None
+    return getattr(holder, "start_time", None) if holder.is_running() else None
 
 
 def _p(name: str, **kwargs: Any) -> PropDef:

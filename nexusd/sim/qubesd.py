@@ -308,17 +308,17 @@ class QubesdServer:
     async def _events(self, call: Call, writer: asyncio.StreamWriter) -> None:
         dest = None if call.dest.klass == "AdminVM" else call.dest.name
         source = call.src.name
-        filtered = self.permit is not None and call.src.klass != "AdminVM"
+        permit = self.permit if call.src.klass != "AdminVM" else None
 
         def sink(
             subject: str | None, event: str, kwargs: dict[str, str]
         ) -> None:
             if dest is not None and subject != dest:
                 return
-            if filtered:
+            if permit is not None:
                 target = subject or kwargs.get("vm") or "@adminvm"
                 arg = event.replace(":", "_")
-                if not self.permit(source, EVENTS_METHOD, arg, target):
+                if not permit(source, EVENTS_METHOD, arg, target):
                     return
             if not writer.transport.is_closing():
                 writer.write(encode_event(subject, event, kwargs))
