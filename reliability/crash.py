@@ -13,7 +13,10 @@ the database implies, with no temporary file left.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import signal
 import threading
 import time
 from collections import Counter
@@ -39,7 +42,7 @@ from reliability.model import (
     State,
 )
 
-__all__ = ["CrashReport", "run_crash_cycles"]
+__all__ = ["CYCLE_POINTS", "END", "CrashReport", "run_crash_cycles"]
 
 #: Limits high enough that quotas never refuse the workload's calls.
 LIMITS: dict[str, int | float] = {
@@ -103,6 +106,35 @@ class CrashReport:
         return out
 
 
+#: How long a nexusd that stopped answering may take to be reaped.
+EXIT_WAIT = 2.0
+#: A cycle that kills nexusd from outside once every guest is done.
+END = "end"
+#: Where a cycle can kill nexusd: the points inside it, and right after a
+#: guest got an ``ok`` (done from the guest's side).
+CYCLE_POINTS: dict[str, str] = {
+    **POINTS,
+    "after_reply": "a guest has just read an ok reply",
+}
+
+
+class _ReplyKill:
+    """SIGKILL nexusd as soon as guests have read *after* ok replies."""
+
+    def __init__(self, pid: int | None, after: int) -> None:
+        self.pid = pid
+        self.after = after
+        self.seen = 0
+        self.lock = threading.Lock()
+
+    def ok_read(self) -> None:
+        with self.lock:
+            self.seen += 1
+            if self.pid is not None and self.seen == self.after:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+
+
 class _Guest(threading.Thread):
     """One thread of guest calls on objects named with its own prefix."""
 
@@ -115,8 +147,10 @@ class _Guest(threading.Thread):
         rng: random.Random,
         stop: threading.Event,
         calls: Counter[str],
+        killer: _ReplyKill,
     ) -> None:
         super().__init__(name=f"guest-{index}", daemon=True)
+        self.killer = killer
         self.dom0 = dom0
         self.model = model
         self.prefix = f"t{index}"
@@ -182,6 +216,7 @@ class _Guest(threading.Thread):
         """The state a call's reply leaves its object in."""
         self._count(reply)
         if reply.ok:
+            self.killer.ok_read()
             return State.PRESENT
         if reply.code is None or reply.code in UNCERTAIN_CODES:
             return State.UNKNOWN
@@ -276,6 +311,8 @@ def _one_cycle(
     report: CrashReport,
     last: Snapshot | None,
     point: str | None,
+    *,
+    first_pass: bool = False,
 ) -> tuple[list[str], Snapshot | None]:
     """Start nexusd (the restart after the last kill), check what the
     restart must have repaired, call, kill, check what the kill left.
@@ -284,15 +321,19 @@ def _one_cycle(
         The violations, and the snapshot the next restart is checked
         against (the last one while no start got as far as serving).
     """
-    after = rng.randint(1, 4)
+    after = 1 if first_pass else rng.randint(1, 4)
+    inside = point if point in POINTS else None
     try:
-        dom0.start_nexusd(crash_point=point, crash_after=after)
+        dom0.start_nexusd(crash_point=inside, crash_after=after)
         serving = dom0.wait_serving()
     except RuntimeError:  # died before READY=1: killed at its point
         serving = False
     violations: list[str] = []
     if serving and last is not None:
         violations += _after_restart(dom0, last)
+    killer = _ReplyKill(
+        dom0.nexusd_pid if point == "after_reply" else None, after
+    )
     stop = threading.Event()
     guests = [
         _Guest(
@@ -303,6 +344,7 @@ def _one_cycle(
             random.Random(rng.random()),  # noqa: S311 - a test's choices
             stop,
             report.calls,
+            killer,
         )
         for i in range(THREADS)
     ]
@@ -316,10 +358,12 @@ def _one_cycle(
         for guest in guests:
             if guest.ident is not None:
                 guest.join()
-        if dom0.nexusd_alive():
-            report.points_not_reached[point] += 1
-        else:
+        if point == END:
+            report.kills[END] += 1
+        elif killer.seen >= after or dom0.wait_exit(EXIT_WAIT):
             report.kills[point] += 1
+        else:
+            report.points_not_reached[point] += 1
     dom0.kill_nexusd()
     stop.set()
     for guest in guests:
@@ -358,8 +402,10 @@ def run_crash_cycles(
             timing of the outside kills still varies).
         spawn: how nexusd is started (:class:`reliability.dom0.Dom0`).
         schedule: the crash point of each cycle in turn (None: a kill from
-            outside), repeated; by default each cycle draws one, a kill
-            from outside with probability ``EXTERNAL_SHARE``.
+            outside at a random instant, ``END``: once the guests are
+            done), repeated; each point is then passed once before the
+            kill. By default each cycle draws one, a kill from outside
+            with probability ``EXTERNAL_SHARE``.
         progress: print a line every 50 cycles.
     """
     rng = random.Random(seed)  # noqa: S311 - reproducible, not secret
@@ -377,9 +423,16 @@ def run_crash_cycles(
             elif rng.random() < EXTERNAL_SHARE:
                 point = None
             else:
-                point = rng.choice(sorted(POINTS))
+                point = rng.choice(sorted(CYCLE_POINTS))
             found, last = _one_cycle(
-                dom0, model, rng, names, report, last, point
+                dom0,
+                model,
+                rng,
+                names,
+                report,
+                last,
+                point,
+                first_pass=bool(schedule),
             )
             report.violations += [f"cycle {cycle}: {v}" for v in found]
             report.cycles += 1

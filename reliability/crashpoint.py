@@ -1,6 +1,9 @@
 # SPDX-License-Identifier: MIT
 """Run nexusd so that it kills itself with SIGKILL at a chosen point.
 
+(A kill right after a guest got its reply is made by the crash harness
+itself, from the guest's side: see :mod:`reliability.crash`.)
+
 ``NEXUS_CRASH_POINT`` names the point and ``NEXUS_CRASH_AFTER`` how many
 times it is passed before the kill (default 1). The points wrap nexusd's
 own functions from outside, so nexusd carries no test hooks; a kill there
@@ -30,7 +33,6 @@ POINTS: dict[str, str] = {
     " under its temporary name; not renamed",
     "policy_renamed": "the policy file is renamed into place; the folder"
     " is not fsynced",
-    "after_reply": "a reply was written and its connection closed",
 }
 
 
@@ -83,7 +85,6 @@ def install(point: str, after: int = 1) -> None:
     counter = _Counter(point, after)
 
     from nexusd import linkpolicy
-    from nexusd.rpc import server
     from nexusd.store import db
 
     run_batch = db._run_batch
@@ -105,14 +106,6 @@ def install(point: str, after: int = 1) -> None:
 
     db._run_batch = crashing_batch
     linkpolicy.os = _OsProxy(counter)  # type: ignore[assignment]
-
-    send_and_close = server._send_and_close
-
-    async def crashing_send(*args: Any) -> None:
-        await send_and_close(*args)
-        counter.hit("after_reply")
-
-    server._send_and_close = crashing_send
 
 
 def run_nexusd(argv: list[str]) -> int:

@@ -30,6 +30,7 @@ __all__ = [
     "GUESTS",
     "Dom0",
     "Reply",
+    "connect",
     "fds_of",
     "guest_call",
     "rss_kib_of",
@@ -100,7 +101,7 @@ def guest_call(
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
-            sock.connect(str(socket_path))
+            connect(sock, socket_path, timeout)
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
             while chunk := sock.recv(65536):
@@ -115,6 +116,25 @@ def guest_call(
     except ValueError:
         return Reply(None, raw, "reply is not JSON")
     return Reply(body, raw)
+
+
+def connect(sock: socket.socket, path: Path, timeout: float) -> None:
+    """Connect as qrexec does: while nexusd's listen queue is full the
+    attempt is repeated (qrexec's ``qubes_connect`` loops on EAGAIN).
+
+    Raises:
+        OSError: any other failure, or still full after *timeout*.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(str(path))
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
+        else:
+            return
 
 
 def fds_of(pid: int) -> int:
@@ -311,6 +331,17 @@ class Dom0:
         except ChildProcessError:
             return False
         return done == 0
+
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds for nexusd to exit; say whether it
+        did. (A process that killed itself has closed its sockets a moment
+        before it can be reaped.)"""
+        deadline = time.monotonic() + timeout
+        while self.nexusd_alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def kill_nexusd(self, sig: int = signal.SIGKILL) -> int | None:
         """Send *sig* to nexusd (if it runs), reap it, return its status."""
