@@ -62,6 +62,8 @@ class Demo:
     out: Any = sys.stdout
     steps: list[Step] = field(default_factory=list)
     buses: list[Any] = field(default_factory=list)
+    #: Extra environment of every command the demo runs (never its own).
+    env: dict[str, str] = field(default_factory=dict)
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def say(self, text: str = "") -> None:
@@ -74,11 +76,16 @@ class Demo:
         shown = shown.replace(str(self.root), "$DOM0")
         self.say(f"\n== {title}")
         if stdin:
-            self.say(f"$ echo '{stdin.decode()}' | {shown}")
+            self.say(f"$ printf '%s' '{stdin.decode()}' | {shown}")
         else:
             self.say(f"$ {shown}")
         proc = subprocess.run(
-            argv, input=stdin, capture_output=True, timeout=60, check=False
+            argv,
+            input=stdin,
+            capture_output=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, **self.env},
         )
         step = Step(
             title,
@@ -122,7 +129,7 @@ class Demo:
         """Start a background process (stopped by :meth:`stop_all`)."""
         proc = subprocess.Popen(
             argv,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **self.env, **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=self._log(Path(argv[0]).name),
         )
@@ -376,7 +383,7 @@ def _start_bus(demo: Demo) -> None:
     from nexusd.dbus.private_bus import PrivateBus
 
     bus = PrivateBus()
-    os.environ["NEXUS_DBUS_ADDRESS"] = bus.start()
+    demo.env["NEXUS_DBUS_ADDRESS"] = bus.start()
     demo.buses.append(bus)
     demo.say("(a private D-Bus for nexusctl: NEXUS_DBUS_ADDRESS is set)")
 

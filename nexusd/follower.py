@@ -65,7 +65,8 @@ class QubesFollower:
         quota = parse_quota(
             untrusted_value=await self._port.get_feature(
                 name, settings.quota_feature
-            )
+            ),
+            qube=name,
         )
         return QubeState(
             name=name,
@@ -155,7 +156,9 @@ class QubesFollower:
                 )
         elif kind in {"domain-feature-set", "domain-feature-delete"}:
             if detail == settings.quota_feature:
-                quota = parse_quota(untrusted_value=kwargs.get("value"))
+                quota = parse_quota(
+                    untrusted_value=kwargs.get("value"), qube=subject
+                )
                 if kind == "domain-feature-delete":
                     quota = None
                 self._registry.update(subject, quota=quota)

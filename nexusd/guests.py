@@ -38,7 +38,7 @@ class QubeState:
     tags: frozenset[str] = frozenset()
 
 
-def parse_quota(*, untrusted_value: str | None) -> int | None:
+def parse_quota(*, untrusted_value: str | None, qube: str = "") -> int | None:
     """Return the quota feature's value, or None when unset or invalid.
 
     The feature is set by dom0 (an administrator), but a guest can read it,
@@ -52,7 +52,9 @@ def parse_quota(*, untrusted_value: str | None) -> int | None:
         or not untrusted_value.isdigit()
         or int(untrusted_value) > QUOTA_MAX
     ):
-        log.warning("quota_feature_ignored", length=len(untrusted_value))
+        log.warning(
+            "quota_feature_ignored", qube=qube, length=len(untrusted_value)
+        )
         return None
     return int(untrusted_value)
 

@@ -95,8 +95,9 @@ def parse_container_name(*, untrusted_name: str) -> ContainerName:
     return ContainerName(untrusted_name)
 
 
-def parse_port(*, untrusted_port: object) -> int:
-    """Return *untrusted_port* as a TCP port, from an int or decimal text.
+def parse_port(*, untrusted_port: object, text: bool = True) -> int:
+    """Return *untrusted_port* as a TCP port, from an int or (when *text*)
+    decimal text such as a service argument's.
 
     Raises:
         BadArgument: not a whole number from 1 to 65535 (``bool`` is
@@ -107,7 +108,11 @@ def parse_port(*, untrusted_port: object) -> int:
         raise BadArgument(msg)
     if isinstance(untrusted_port, int):
         value = untrusted_port
-    elif isinstance(untrusted_port, str) and _PORT_RE.match(untrusted_port):
+    elif (
+        text
+        and isinstance(untrusted_port, str)
+        and _PORT_RE.match(untrusted_port)
+    ):
         value = int(untrusted_port)
     else:
         msg = (
@@ -115,7 +120,7 @@ def parse_port(*, untrusted_port: object) -> int:
         )
         raise BadArgument(msg)
     if not PORT_MIN <= value <= PORT_MAX:
-        msg = f"port must be {PORT_MIN} to {PORT_MAX}, got {value}"
+        msg = f"port must be {PORT_MIN} to {PORT_MAX}"
         raise BadArgument(msg)
     return value
 

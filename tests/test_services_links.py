@@ -371,3 +371,47 @@ class TestUpstreamQrexecAcceptsFile:
                     system_info=system,
                 )
             )
+
+
+class TestLinkQuota:
+    async def test_requester_quota_does_not_touch_target(
+        self, root, port
+    ) -> None:
+        """If work uses up its link quota towards db, db can still request
+        links of its own, and work is refused without learning db's count."""
+        port.add("shop", guest=True)
+        daemon = await start_daemon(root, port, links_per_qube=2)
+        try:
+            await call(
+                daemon,
+                "nexus.ContainerCreate",
+                "multi",
+                source="db",
+                payload={"ports": [1, 2, 3]},
+            )
+            await call(daemon, "nexus.ContainerCreate", "web", source="work")
+            await call(
+                daemon,
+                "nexus.ContainerCreate",
+                "cache",
+                source="shop",
+                payload={"ports": [6379]},
+            )
+            for arg in ("multi.1", "multi.2"):
+                assert (await link(daemon, arg=arg))["ok"]
+
+            refused = await link(daemon, arg="multi.3")
+            await call(daemon, "nexus.ContainerCreate", "app", source="db")
+            from_db = await link(
+                daemon,
+                source="db",
+                target="shop",
+                arg="cache.6379",
+                payload={"from": "app"},
+            )
+        finally:
+            await daemon.stop()
+
+        assert refused["error"]["code"] == "quota_exceeded"
+        assert "db" not in refused["error"]["message"]
+        assert from_db["ok"], from_db

@@ -102,3 +102,19 @@ class TestStore:
             lambda c: c.execute("SELECT object FROM audit").fetchall()
         )
         assert rows == [("a",)]
+
+    async def test_audit_trail_keeps_only_the_newest_rows(
+        self, store, monkeypatch
+    ) -> None:
+        """If more records come than the trail keeps, the oldest go."""
+        monkeypatch.setattr(sql, "AUDIT_MAX_ROWS", 3)
+
+        for i in range(5):
+            await store.write(create(f"c{i}"))
+
+        rows = await store.read(
+            lambda c: c.execute(
+                "SELECT object FROM audit ORDER BY id"
+            ).fetchall()
+        )
+        assert rows == [("c2",), ("c3",), ("c4",)]

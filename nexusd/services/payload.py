@@ -60,6 +60,8 @@ def parse_json_object(
     except UnicodeDecodeError:
         msg = "payload is not UTF-8"
         raise BadPayload(msg) from None
+    except BadPayload:
+        raise
     except (ValueError, RecursionError):
         msg = "payload is not a JSON object"
         raise BadPayload(msg) from None

@@ -108,7 +108,9 @@ def parse_container_spec(*, untrusted_payload: bytes) -> ContainerSpec:
         msg = f"at most {MAX_PORTS} ports"
         raise BadPayload(msg)
     try:
-        ports = [parse_port(untrusted_port=p) for p in untrusted_ports]
+        ports = [
+            parse_port(untrusted_port=p, text=False) for p in untrusted_ports
+        ]
     except ValueError as err:
         raise BadPayload(str(err)) from None
     if len(set(ports)) != len(ports):

@@ -24,6 +24,10 @@ __all__ = [
 ]
 
 
+#: Records the audit trail keeps; older ones are dropped as new ones come.
+AUDIT_MAX_ROWS = 100_000
+
+
 def _record(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
     qube, name, spec_text, state, message, created = row
     record: dict[str, Any] = {"qube": qube, "name": name}
@@ -58,7 +62,7 @@ def add_audit(
                 "object": obj,
             }
         )
-    conn.execute(
+    cur = conn.execute(
         "INSERT INTO audit (at, actor, via, action, qube, object, detail)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
@@ -71,6 +75,13 @@ def add_audit(
             json.dumps(detail or {}, sort_keys=True),
         ),
     )
+    # A guest that churns links must not grow dom0's disk without bound:
+    # the oldest records go once the trail holds AUDIT_MAX_ROWS.
+    if cur.lastrowid is not None:
+        conn.execute(
+            "DELETE FROM audit WHERE id <= ?",
+            (cur.lastrowid - AUDIT_MAX_ROWS,),
+        )
 
 
 def create_container(

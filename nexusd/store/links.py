@@ -50,13 +50,13 @@ def _container(
     return int(row[0]), list(json.loads(row[1])["ports"])
 
 
-def _count_links(conn: sqlite3.Connection, qube: str) -> int:
+def _count_requested(conn: sqlite3.Connection, qube: str) -> int:
+    """Links that *qube* asked for (its containers are their source)."""
     (count,) = conn.execute(
         "SELECT COUNT(*) FROM links l"
         " JOIN containers fc ON fc.id = l.from_container"
-        " JOIN containers tc ON tc.id = l.to_container"
-        " WHERE fc.qube = ? OR tc.qube = ?",
-        (qube, qube),
+        " WHERE fc.qube = ?",
+        (qube,),
     ).fetchone()
     return int(count)
 
@@ -77,7 +77,7 @@ def create_link(
         NotFound: the caller has no such container, or the other qube has no
             such container or it does not offer *port*. The message does not
             say which part of the other qube was missing.
-        QuotaExceeded: either qube is at its link limit.
+        QuotaExceeded: the requesting qube is at its link limit.
     """
     source = _container(conn, from_qube, from_container)
     if source is None:
@@ -94,10 +94,11 @@ def create_link(
     ).fetchone()
     if row is not None:
         return _link(row), False
-    for qube in (from_qube, to_qube):
-        if _count_links(conn, qube) >= limit:
-            msg = f"qube {qube} takes part in {limit} links already"
-            raise QuotaExceeded(msg)
+    # Only the requester's own links count: a limit on links into the
+    # target would let one guest use up another's budget.
+    if _count_requested(conn, from_qube) >= limit:
+        msg = f"this qube may request at most {limit} links"
+        raise QuotaExceeded(msg)
     link_id = "lnk-" + secrets.token_hex(8)
     conn.execute(
         "INSERT INTO links (id, from_container, to_container, port,"
