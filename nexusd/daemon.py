@@ -27,6 +27,7 @@ from nexusd import __version__
 from nexusd.agentsync import AgentSync
 from nexusd.changes import ChangeFeed
 from nexusd.config import Config, ConfigError, load_config
+from nexusd.errors import Unavailable
 from nexusd.follower import QubesFollower
 from nexusd.guests import GuestRegistry
 from nexusd.logs import configure_logging
@@ -174,7 +175,9 @@ class Daemon:
             links_of=self.links.links_of,
             feed=self.feed,
         )
-        await self.links.sync_policy()
+        with contextlib.suppress(Unavailable):
+            # Not writable now: logged, and repaired in the background.
+            await self.links.sync_policy()
         specs = [*containers.specs(), *self.links.specs()]
         self.server = RpcServer(
             {spec.name: spec for spec in specs},
@@ -247,6 +250,8 @@ class Daemon:
         self._tasks.clear()
         if self.agents is not None:
             await self.agents.close()
+        if self.links is not None:
+            await self.links.close()
         close = getattr(self.port, "close", None)
         if close is not None:
             await close()

@@ -17,6 +17,7 @@ import grp
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -118,6 +119,13 @@ class LinkPolicyWriter:
         async with self._lock:
             return await asyncio.to_thread(self._install, content)
 
+    @property
+    def temp_path(self) -> Path:
+        """The temporary name the new file is written under."""
+        # It starts with a dot and does not end in .policy, so qrexec skips
+        # it if it reads the folder meanwhile.
+        return self.path.with_name(f".{self.path.name}.new")
+
     def _install(self, content: str) -> bool:
         from nexusd.policy import check_policy_set
 
@@ -126,6 +134,9 @@ class LinkPolicyWriter:
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(dir_fd, fcntl.LOCK_EX)
+            # Left by a crash between write and rename: not ours to keep.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temp_path)
             try:
                 current = self.path.read_text(encoding="ascii")
             except (FileNotFoundError, UnicodeDecodeError):
@@ -158,19 +169,28 @@ class LinkPolicyWriter:
             os.close(dir_fd)
 
     def _write(self, dir_fd: int, content: str) -> None:
-        # The temporary name starts with a dot and does not end in .policy,
-        # so qrexec skips it if it reads the folder meanwhile.
-        tmp = self.path.with_name(f".{self.path.name}.new")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        """Write, fsync, rename, fsync the folder.
+
+        Raises:
+            OSError: the folder is full, read-only, ...; the temporary file
+                is removed and the old file stays as it was.
+        """
+        tmp = self.temp_path
         try:
-            data = memoryview(content.encode("ascii"))
-            while data:
-                data = data[os.write(fd, data) :]
-            os.fchmod(fd, FILE_MODE)
-            with contextlib.suppress(KeyError, PermissionError):
-                os.fchown(fd, -1, grp.getgrnam(FILE_GROUP).gr_gid)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.path)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+            try:
+                data = memoryview(content.encode("ascii"))
+                while data:
+                    data = data[os.write(fd, data) :]
+                os.fchmod(fd, FILE_MODE)
+                with contextlib.suppress(KeyError, PermissionError):
+                    os.fchown(fd, -1, grp.getgrnam(FILE_GROUP).gr_gid)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         os.fsync(dir_fd)

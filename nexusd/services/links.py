@@ -9,6 +9,7 @@ administrator writes policy in the columns of both qubes.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import structlog
 from nexusd.agentsync import AgentSync
 from nexusd.changes import Change, ChangeFeed
 from nexusd.config import Config
-from nexusd.errors import BadArgument, BadHeader
+from nexusd.errors import BadArgument, BadHeader, Unavailable
 from nexusd.guests import GuestRegistry
 from nexusd.linkpolicy import SERVICE, LinkLine, LinkPolicyWriter
 from nexusd.names import parse_container_name, parse_link_target
@@ -34,6 +35,9 @@ log = structlog.get_logger()
 
 #: Payload cap of the link services (``{"from": NAME}``).
 LINK_PAYLOAD = 256
+#: Waits between retries of a policy file that could not be written.
+REPAIR_FIRST = 0.5
+REPAIR_CAP = 30.0
 
 
 def _parse_from(*, untrusted_payload: bytes) -> str:
@@ -66,6 +70,8 @@ class LinkServices:
         self.writer = LinkPolicyWriter(config)
         self._blocked: dict[LinkLine, str] = {}
         self._policy_signature: tuple[Any, ...] | None = None
+        self._sync_lock = asyncio.Lock()
+        self._repair: asyncio.Task[None] | None = None
 
     def specs(self) -> list[ServiceSpec]:
         """The services, for the RPC server."""
@@ -139,10 +145,17 @@ class LinkServices:
         return {"removed": link["id"]}
 
     async def changed(self, qubes: set[str]) -> None:
-        """After links changed: rewrite the policy file, tell the agents."""
-        await self.sync_policy()
-        if self.agents is not None:
-            self.agents.mark(q for q in qubes if q != "dom0")
+        """After links changed: rewrite the policy file, tell the agents.
+
+        Raises:
+            Unavailable: the policy file could not be written (see
+                :meth:`sync_policy`); the agents are told all the same.
+        """
+        try:
+            await self.sync_policy()
+        finally:
+            if self.agents is not None:
+                self.agents.mark(q for q in qubes if q != "dom0")
 
     async def lines(self) -> list[LinkLine]:
         """What the data-plane policy must allow, from the database."""
@@ -153,10 +166,61 @@ class LinkServices:
         ]
 
     async def sync_policy(self) -> bool:
-        """Make the policy file equal what the database implies."""
-        changed = await self.writer.install(await self.lines())
+        """Make the policy file equal what the database implies.
+
+        Lines are read and installed under one lock, so a write can never
+        install an older reading of the database over a newer one.
+
+        Raises:
+            Unavailable: the file could not be written (its folder is full
+                or read-only); the database keeps the change, and a repair
+                retries in the background until the file is written.
+        """
+        try:
+            async with self._sync_lock:
+                changed = await self.writer.install(await self.lines())
+        except OSError as err:
+            log.error(
+                "policy_write_failed",
+                path=str(self.writer.path),
+                error=err.strerror or type(err).__name__,
+            )
+            if self._repair is None or self._repair.done():
+                self._repair = asyncio.create_task(self._repair_policy())
+            msg = (
+                "the change is recorded, but the links policy file cannot be"
+                " written now; nexusd retries by itself"
+            )
+            raise Unavailable(msg) from None
         self._policy_signature = None
         return changed
+
+    async def _repair_policy(self) -> None:
+        """Retry the policy file, with backoff, until it is written."""
+        wait = REPAIR_FIRST
+        while True:
+            await asyncio.sleep(wait)
+            try:
+                async with self._sync_lock:
+                    await self.writer.install(await self.lines())
+            except OSError as err:
+                wait = min(wait * 2, REPAIR_CAP)
+                log.warning(
+                    "policy_repair_failed",
+                    error=err.strerror or type(err).__name__,
+                    retry_in=wait,
+                )
+                continue
+            self._policy_signature = None
+            log.info("policy_repaired", path=str(self.writer.path))
+            return
+
+    async def close(self) -> None:
+        """Stop a pending repair (the next start rewrites the file)."""
+        if self._repair is not None:
+            self._repair.cancel()
+            await asyncio.gather(self._repair, return_exceptions=True)
+            self._repair = None
 
     async def links_of(self, qube: str) -> list[dict[str, Any]]:
         """The links of *qube*, each with ``blocked_by`` if policy blocks it."""
@@ -233,8 +297,6 @@ async def _shadowed(
     ours: Path,
 ) -> dict[LinkLine, str]:
     """Links whose ``nexus.Connect`` is decided by a rule not in *ours*."""
-    import asyncio
-
     from nexusd.policy import Request, SystemInfo, load_policy_set
 
     paths = config.paths
