@@ -46,6 +46,23 @@ _PRIORITY = {
 }
 
 
+#: Fields the renderer sets itself, or that ``journal.send`` takes as named
+#: parameters: a key of an event that maps to one of them is dropped, so it
+#: can neither pose as them nor make the send fail.
+_OWN_FIELDS = frozenset(
+    {
+        "MESSAGE",
+        "PRIORITY",
+        "SYSLOG_IDENTIFIER",
+        "NEXUS_EVENT",
+        "MESSAGE_ID",
+        "CODE_FILE",
+        "CODE_LINE",
+        "CODE_FUNC",
+    }
+)
+
+
 class JournalRenderer:
     """Send the event to journald as structured fields (systemd-python)."""
 
@@ -60,9 +77,11 @@ class JournalRenderer:
     ) -> str:
         """Send one record; structlog then prints nothing."""
         message = str(event.pop("event", ""))
-        fields = {journal_field_name(k): str(v) for k, v in event.items()}
-        fields.pop("MESSAGE", None)
-        fields.pop("PRIORITY", None)
+        fields = {
+            name: str(v)
+            for k, v in event.items()
+            if (name := journal_field_name(k)) not in _OWN_FIELDS
+        }
         self._send(
             message,
             PRIORITY=str(_PRIORITY.get(method, 6)),

@@ -33,6 +33,7 @@ __all__ = [
     "connect",
     "fds_of",
     "guest_call",
+    "raw_call",
     "rss_kib_of",
 ]
 
@@ -96,7 +97,14 @@ def guest_call(
     """
     if isinstance(payload, dict):
         payload = json.dumps(payload).encode()
-    data = f"{service}+{arg} {source} {target}\0".encode() + payload
+    header = f"{service}+{arg} {source} {target}\0".encode()
+    return raw_call(socket_path, header + payload, timeout=timeout)
+
+
+def raw_call(
+    socket_path: Path, data: bytes, *, timeout: float = CALL_TIMEOUT
+) -> Reply:
+    """Send *data* (header, NUL, payload) as one call, then EOF."""
     chunks: list[bytes] = []
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -229,8 +237,13 @@ class Dom0:
 
     @property
     def log_file(self) -> Path:
-        """Where the processes' stderr (the JSON log) goes."""
-        return self.root / "logs.jsonl"
+        """Where nexusd's stderr (its JSON log) goes."""
+        return self.root / "nexusd.jsonl"
+
+    @property
+    def qubesd_log_file(self) -> Path:
+        """Where the simulated qubesd's stderr goes."""
+        return self.root / "qubesd.log"
 
     def create(self) -> Dom0:
         """Lay out the machine and nexusd's configuration."""
@@ -243,7 +256,7 @@ class Dom0:
 
     def start_qubesd(self) -> None:
         """Start the simulated qubesd and wait for its socket."""
-        with self.log_file.open("ab") as log:
+        with self.qubesd_log_file.open("ab") as log:
             self.qubesd = subprocess.Popen(
                 [PY, "-c", _QUBESD, str(self.root)], stderr=log
             )
