@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import structlog
 
 from nexusd.guests import GuestRegistry, QubeState, parse_quota
+from nexusd.qubes.errors import NoSuchQube, QubesError
 from nexusd.store import Store
 from nexusd.store import containers as sql
 
@@ -27,6 +28,9 @@ Hook = Callable[[str], Awaitable[None]]
 PurgeHook = Callable[[set[str]], Awaitable[None]]
 
 _RUNNING = {"Running", "Transient", "Paused", "Suspended"}
+#: Waits between attempts of a reconcile that qubesd failed, in seconds.
+RECONCILE_RETRY_FIRST = 0.5
+RECONCILE_RETRY_CAP = 30.0
 
 
 class _Port(Protocol):
@@ -79,9 +83,22 @@ class QubesFollower:
         )
 
     async def reconcile(self) -> None:
-        """Take a fresh domain list and drop what belongs to gone qubes."""
+        """Take a fresh domain list and drop what belongs to gone qubes.
+
+        A qube removed between the list and the reads of its tags (nexusd's
+        own sweep of a half-made template does that at start) is left out,
+        as if the list had been taken a moment later.
+
+        Raises:
+            QubesError: qubesd did not answer or refused a call.
+        """
         listed = await self._port.list_qubes()
-        states = [await self._fetch(n, i) for n, i in sorted(listed.items())]
+        states = []
+        for name, info in sorted(listed.items()):
+            try:
+                states.append(await self._fetch(name, info))
+            except NoSuchQube:
+                continue
         self._registry.replace_all(states)
         live = {s.name: s.uuid for s in states}
         known = await self._store.read(sql.qube_uuids)
@@ -97,6 +114,20 @@ class QubesFollower:
             qubes=len(states),
             guests=sum(s.guest for s in states),
         )
+
+    async def _reconcile_until_done(self) -> None:
+        """Reconcile, retrying with backoff while qubesd fails calls:
+        until the first reconcile succeeds nexusd serves nobody."""
+        wait = RECONCILE_RETRY_FIRST
+        while True:
+            try:
+                await self.reconcile()
+            except QubesError as err:
+                log.warning("reconcile_failed", error=err.code, retry_in=wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, RECONCILE_RETRY_CAP)
+            else:
+                return
 
     async def _purge(self, qube: str, reason: str) -> None:
         removed, peers = await self._store.write(
@@ -130,7 +161,7 @@ class QubesFollower:
         settings = self._registry.settings
         kind, _, detail = name.partition(":")
         if kind == "connection-established":
-            await self.reconcile()
+            await self._reconcile_until_done()
         elif kind == "domain-add" and "vm" in kwargs:
             listed = await self._port.list_qubes()
             info = listed.get(kwargs["vm"])

@@ -17,6 +17,7 @@ import pytest
 
 from nexusd import linkpolicy
 from nexusd.linkpolicy import LinkLine, LinkPolicyWriter
+from nexusd.qubes.errors import DaemonUnavailable, NoSuchQube
 from nexusd.sim.client import parse_reply, qubesd_call
 from nexusd.sim.model import Dom0Model
 from reliability.dom0 import Dom0
@@ -386,3 +387,57 @@ class TestPolicyWriteFailure:
         assert "recorded" in reply["error"]["message"]
         assert "nexus.Connect" not in stale
         assert len(db_rows(daemon, "links")) == 1
+
+
+class _VanishingPort(FakePort):
+    """Lists qubes that are gone by the time their tags are asked for,
+    and fails the first few tag reads as an unreachable qubesd would."""
+
+    def __init__(self, vanished: set[str], failures: int = 0) -> None:
+        super().__init__()
+        self.vanished = vanished
+        self.failures = failures
+
+    async def get_tags(self, qube: str) -> frozenset[str]:
+        if self.failures:
+            self.failures -= 1
+            raise DaemonUnavailable("qubesd did not answer")
+        if qube in self.vanished:
+            raise NoSuchQube(f"no such qube: {qube!r}")
+        return await super().get_tags(qube)
+
+
+class TestReconcileRaces:
+    async def test_qube_removed_during_reconcile_is_skipped(
+        self, tmp_path: Path
+    ) -> None:
+        """If a listed qube is removed before nexusd reads its tags (the
+        sweep of a half-made template at start does this), the reconcile
+        still completes and the guests are served."""
+        port = _VanishingPort({"nixos-imp1"})
+        port.add("work", guest=True)
+        port.add("nixos-imp1", "TemplateVM")
+
+        daemon = await start_daemon(tmp_path, port)
+        try:
+            reply = await call(daemon, "nexus.ContainerList", source="work")
+        finally:
+            await daemon.stop()
+
+        assert reply["ok"], reply
+
+    async def test_reconcile_that_fails_is_retried(
+        self, tmp_path: Path
+    ) -> None:
+        """If qubesd fails calls during the first reconcile, nexusd tries
+        again by itself instead of staying unready."""
+        port = _VanishingPort(set(), failures=2)
+        port.add("work", guest=True)
+
+        daemon = await start_daemon(tmp_path, port)
+        try:
+            reply = await call(daemon, "nexus.ContainerList", source="work")
+        finally:
+            await daemon.stop()
+
+        assert reply["ok"], reply
