@@ -14,6 +14,8 @@ the database implies, with no temporary file left.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import random
 import signal
@@ -23,7 +25,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reliability.crashpoint import POINTS
+from nexusd.sim.model import Dom0Model
+from reliability.crashpoint import IMPORT_ENV, POINTS
 from reliability.dom0 import GUESTS, Dom0, Reply
 from reliability.invariants import (
     Snapshot,
@@ -106,6 +109,10 @@ class CrashReport:
         return out
 
 
+#: Size of the image the import cycles stream (three 1 MiB chunks).
+IMAGE_BYTES = 3 << 20
+#: How long nexusd's sweep may take to remove a half-made template.
+IMPORT_SETTLE = 10.0
 #: How long a nexusd that stopped answering may take to be reaped.
 EXIT_WAIT = 2.0
 #: A cycle that kills nexusd from outside once every guest is done.
@@ -311,6 +318,7 @@ def _one_cycle(
     report: CrashReport,
     last: Snapshot | None,
     point: str | None,
+    imports: _Imports,
     *,
     first_pass: bool = False,
 ) -> tuple[list[str], Snapshot | None]:
@@ -323,14 +331,19 @@ def _one_cycle(
     """
     after = 1 if first_pass else rng.randint(1, 4)
     inside = point if point in POINTS else None
+    env = {}
+    if point is not None and point.startswith("import_"):
+        env[IMPORT_ENV] = json.dumps(imports.spec())
     try:
-        dom0.start_nexusd(crash_point=inside, crash_after=after)
+        dom0.start_nexusd(crash_point=inside, crash_after=after, env=env)
         serving = dom0.wait_serving()
     except RuntimeError:  # died before READY=1: killed at its point
         serving = False
     violations: list[str] = []
     if serving and last is not None:
         violations += _after_restart(dom0, last)
+    if serving and not env:
+        violations += imports.check(dom0)
     killer = _ReplyKill(
         dom0.nexusd_pid if point == "after_reply" else None, after
     )
@@ -378,10 +391,64 @@ def _one_cycle(
     return violations, snap if serving or last is None else last
 
 
+@dataclass
+class _Imports:
+    """Template imports a cycle started, to check after the restart."""
+
+    image: Path
+    sha256: str
+    pending: list[str] = field(default_factory=list)
+    count: int = 0
+
+    def spec(self) -> dict[str, str]:
+        self.count += 1
+        name = f"nixos-imp{self.count}"
+        self.pending.append(name)
+        return {"name": name, "image": str(self.image), "sha256": self.sha256}
+
+    def check(self, dom0: Dom0) -> list[str]:
+        """Each started import has left a complete template or nothing,
+        once nexusd's sweep ran (waited for up to IMPORT_SETTLE s)."""
+        deadline = time.monotonic() + IMPORT_SETTLE
+        while True:
+            found = {
+                name: problem
+                for name in self.pending
+                if (problem := _template_problem(dom0, name, self.sha256))
+            }
+            if not found or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.pending = []
+        return [f"template {n}: {p}" for n, p in sorted(found.items())]
+
+
+def _template_problem(dom0: Dom0, name: str, sha256: str) -> str:
+    model = Dom0Model.load(dom0.layout)
+    qube = model.domains.get(name)
+    if qube is None:
+        return ""
+    if "nexus-owned" not in qube.tags:
+        return "left without nexusd's tag (nothing can tell it was nexusd's)"
+    state = qube.features.get("nexus.image-state")
+    if state != "complete":
+        return f"left half-made (image-state {state!r}) after the sweep"
+    if qube.features.get("nexus.image-sha256") != sha256:
+        return "marked complete with another image's hash"
+    return ""
+
+
 def _after_restart(dom0: Dom0, snap: Snapshot) -> list[str]:
     """What a restart must have repaired: the links file equals what the
     database implies, and no temporary file is left."""
     return check_policy_matches(dom0.root, snap) + leftover_files(dom0.root)
+
+
+def _make_image(path: Path) -> _Imports:
+    """A small stand-in for a NixOS root image, the same every run."""
+    data = hashlib.sha256(b"nexus").digest() * (IMAGE_BYTES // 32)
+    path.write_bytes(data)
+    return _Imports(path, hashlib.sha256(data).hexdigest())
 
 
 def run_crash_cycles(
@@ -413,6 +480,7 @@ def run_crash_cycles(
     model = Model()
     names: Counter[int] = Counter()
     dom0 = Dom0(root, limits=LIMITS, spawn=spawn).create()
+    imports = _make_image(root / "nixos-root.img")
     started = time.monotonic()
     dom0.start_qubesd()
     last: Snapshot | None = None
@@ -432,6 +500,7 @@ def run_crash_cycles(
                 report,
                 last,
                 point,
+                imports,
                 first_pass=bool(schedule),
             )
             report.violations += [f"cycle {cycle}: {v}" for v in found]
@@ -446,7 +515,7 @@ def run_crash_cycles(
             dom0.start_nexusd()
             if not dom0.wait_serving():
                 report.violations.append("nexusd died at the final restart")
-            found = _after_restart(dom0, last)
+            found = _after_restart(dom0, last) + imports.check(dom0)
             report.violations += [f"final restart: {v}" for v in found]
     finally:
         dom0.close()

@@ -16,6 +16,8 @@ Run as ``python -m reliability.crashpoint NEXUSD-ARGS...``.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import sys
@@ -23,7 +25,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-__all__ = ["POINTS", "install", "run_nexusd"]
+__all__ = ["IMPORT_ENV", "POINTS", "install", "run_nexusd"]
 
 #: Each point, and what has happened on disk when the kill comes.
 POINTS: dict[str, str] = {
@@ -33,7 +35,18 @@ POINTS: dict[str, str] = {
     " under its temporary name; not renamed",
     "policy_renamed": "the policy file is renamed into place; the folder"
     " is not fsynced",
+    "import_created": "a template import made the TemplateVM; nexusd's tag"
+    " is not on it yet",
+    "import_marked": "the new template carries nexusd's tag and the"
+    " importing mark; no image byte is in",
+    "import_streaming": "a template import handed a chunk of the image to"
+    " qubesd",
+    "import_completed": "the template is marked complete; the import is not"
+    " in the audit trail yet",
 }
+#: Set to ``{"name": ..., "image": ..., "sha256": ...}`` (JSON), nexusd
+#: imports that template once it has started.
+IMPORT_ENV = "NEXUS_IMPORT"
 
 
 class _Counter:
@@ -106,6 +119,64 @@ def install(point: str, after: int = 1) -> None:
 
     db._run_batch = crashing_batch
     linkpolicy.os = _OsProxy(counter)  # type: ignore[assignment]
+    _install_import_points(counter)
+
+
+def _install_import_points(counter: _Counter) -> None:
+    from nexusd.nixos import marks
+    from nexusd.qubes.socket_port import SocketPort
+
+    create_qube = SocketPort.create_qube
+    set_feature = SocketPort.set_feature
+    import_volume = SocketPort.import_volume
+
+    async def crashing_create(self: Any, *args: Any, **kwargs: Any) -> None:
+        await create_qube(self, *args, **kwargs)
+        counter.hit("import_created")
+
+    async def crashing_feature(
+        self: Any, qube: str, name: str, value: str
+    ) -> None:
+        await set_feature(self, qube, name, value)
+        if name == marks.IMAGE_STATE:
+            if value == marks.STATE_IMPORTING:
+                counter.hit("import_marked")
+            else:
+                counter.hit("import_completed")
+
+    async def crashing_import(
+        self: Any, qube: str, volume: str, size: int, chunks: Any
+    ) -> None:
+        async def passing() -> Any:
+            async for chunk in chunks:
+                yield chunk
+                counter.hit("import_streaming")
+
+        await import_volume(self, qube, volume, size, passing())
+
+    SocketPort.create_qube = crashing_create  # type: ignore[method-assign]
+    SocketPort.set_feature = crashing_feature  # type: ignore[method-assign]
+    SocketPort.import_volume = crashing_import  # type: ignore[method-assign]
+
+
+def _import_after_start(spec: dict[str, Any]) -> None:
+    """Make the daemon import the template *spec* once it has started."""
+    import asyncio
+
+    from nexusd.daemon import Daemon
+
+    start = Daemon.start
+
+    async def starting(self: Daemon) -> None:
+        await start(self)
+
+        async def run() -> None:
+            with contextlib.suppress(Exception):
+                await self.operations["import_template"](**spec)
+
+        self._tasks.append(asyncio.create_task(run()))
+
+    Daemon.start = starting  # type: ignore[method-assign]
 
 
 def run_nexusd(argv: list[str]) -> int:
@@ -113,6 +184,9 @@ def run_nexusd(argv: list[str]) -> int:
     point = os.environ.get("NEXUS_CRASH_POINT")
     if point:
         install(point, int(os.environ.get("NEXUS_CRASH_AFTER", "1")))
+    spec = os.environ.get(IMPORT_ENV)
+    if spec:
+        _import_after_start(json.loads(spec))
     from nexusd.daemon import main
 
     return main(argv)

@@ -275,7 +275,11 @@ class Dom0:
         return ["--sim", str(self.root), "--config", str(self.config_file)]
 
     def start_nexusd(
-        self, *, crash_point: str | None = None, crash_after: int = 1
+        self,
+        *,
+        crash_point: str | None = None,
+        crash_after: int = 1,
+        env: dict[str, str] | None = None,
     ) -> int:
         """Start nexusd, wait for READY=1, return its pid.
 
@@ -287,7 +291,7 @@ class Dom0:
             msg = "Dom0.create() must run first"
             raise RuntimeError(msg)
         self._notify.drain()
-        env = {"NOTIFY_SOCKET": str(self._notify.path)}
+        env = {**(env or {}), "NOTIFY_SOCKET": str(self._notify.path)}
         if crash_point is not None:
             env[_CRASH_ENV] = crash_point
             env[_CRASH_AFTER_ENV] = str(crash_after)
@@ -418,6 +422,7 @@ def _clean_env() -> dict[str, str]:
         "LISTEN_PID",
         "JOURNAL_STREAM",
         "NEXUS_DBUS_ADDRESS",
+        "NEXUS_IMPORT",
         _CRASH_ENV,
         _CRASH_AFTER_ENV,
     }

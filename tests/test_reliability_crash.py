@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from nexusd.linkpolicy import LinkLine, render_links_policy
+from nexusd.nixos import creating
+from nexusd.qubes.errors import QubeExists
 from reliability.crash import CYCLE_POINTS, END, run_crash_cycles
 from reliability.crashpoint import install
 from reliability.invariants import (
@@ -21,6 +23,7 @@ from reliability.invariants import (
     leftover_files,
 )
 from reliability.model import ContainerKey, LinkKey, Model, State
+from tests.nixos_helpers import make_image, open_dom0
 
 WEB = ContainerKey("work", "web")
 PG = ContainerKey("db", "pg")
@@ -47,6 +50,73 @@ class TestCrashCycles:
         assert report.cycles == len(schedule)
         assert report.calls["ok"] > 0
         assert set(report.kills) == {*CYCLE_POINTS, "outside", END}
+
+    def test_kill_during_template_import_leaves_nothing_unowned(
+        self, tmp_path: Path
+    ) -> None:
+        """If nexusd is killed at each step of a template import, after the
+        restart the template is complete and nexusd's, or gone: none is
+        left half-made or without nexusd's tag."""
+        schedule: list[str | None] = [
+            point for point in sorted(CYCLE_POINTS) if "import" in point
+        ]
+
+        report = run_crash_cycles(
+            tmp_path / "dom0",
+            len(schedule),
+            seed=9,
+            spawn="exec",
+            schedule=schedule,
+        )
+
+        assert report.violations == []
+        assert set(report.kills) == set(schedule)
+
+
+class TestCreationRecord:
+    async def test_untagged_qube_left_by_a_crash_is_swept(
+        self, tmp_path: Path
+    ) -> None:
+        """If a crash came between a recorded creation and nexusd's tag,
+        the sweep removes that qube and says so in the audit trail."""
+        async with open_dom0(tmp_path) as dom0:
+            ctx = dom0.service.context()
+            await creating.begin(ctx, "nixos-x", "TemplateVM")
+            dom0.model.create("TemplateVM", "nixos-x", "black")
+
+            removed = await dom0.service.sweep()
+
+            assert removed == ["nixos-x"]
+            assert dom0.qube("nixos-x") is None
+            assert ("unmarked_qube_removed", "nixos-x") in [
+                row[:2] for row in dom0.audit_rows()
+            ]
+
+    async def test_admins_qube_made_in_the_race_is_never_swept(
+        self, tmp_path: Path
+    ) -> None:
+        """If an administrator creates the name between nexusd's check and
+        its create call, the import fails with qube_exists, and no sweep
+        ever touches the administrator's qube."""
+        async with open_dom0(tmp_path) as dom0:
+            port = dom0.service.port
+            create = port.create_qube
+
+            async def raced(*args: object, **kwargs: object) -> None:
+                dom0.model.create("TemplateVM", "nixos-x", "black")
+                await create(*args, **kwargs)
+
+            port.create_qube = raced  # type: ignore[method-assign]
+            image, sha = make_image(tmp_path)
+
+            with pytest.raises(QubeExists):
+                await dom0.service.import_template(
+                    name="nixos-x", image=image, sha256=sha
+                )
+            removed = await dom0.service.sweep()
+
+            assert removed == []
+            assert dom0.qube("nixos-x") is not None
 
 
 class TestCrashPoint:

@@ -15,7 +15,7 @@ import structlog
 
 from nexusd.errors import NexusError
 from nexusd.names import parse_qube_name
-from nexusd.nixos import marks
+from nexusd.nixos import creating, marks
 from nexusd.nixos.cleanup import discard_created, left_behind_note
 from nexusd.nixos.context import Context
 from nexusd.nixos.errors import NotNixosTemplate, Unsupported
@@ -143,13 +143,20 @@ async def create_qube(
     if spec.netvm and spec.netvm not in qubes:
         msg = f"no netvm named {spec.netvm!r}"
         raise NoSuchQube(msg)
-    await ctx.port.create_qube(
-        _QUBESD_CLASS[spec.klass], spec.name, spec.label, spec.template
-    )
+    await creating.begin(ctx, spec.name, _QUBESD_CLASS[spec.klass])
+    try:
+        await ctx.port.create_qube(
+            _QUBESD_CLASS[spec.klass], spec.name, spec.label, spec.template
+        )
+    except QubeExists:
+        await creating.end(ctx, spec.name)
+        raise
     try:
         result = await _finish(ctx, spec)
     except BaseException as err:
         removed = await discard_created(ctx, spec.name)
+        if removed:
+            await creating.end(ctx, spec.name)
         log.warning(
             "qube_create_failed",
             qube=spec.name,
@@ -191,6 +198,7 @@ async def _finish(ctx: Context, spec: QubeSpec) -> dict[str, Any]:
     tags = [ctx.settings.owned_tag, ctx.settings.guest_tag]
     for tag in tags:
         await port.add_tag(spec.name, tag)
+    await creating.end(ctx, spec.name)
     features = agent_features(ctx, spec.quota)
     for name, value in features.items():
         await port.set_feature(spec.name, name, value)

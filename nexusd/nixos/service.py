@@ -24,6 +24,7 @@ from nexusd.nixos.audit import audit_qubes
 from nexusd.nixos.cleanup import discard_created, find_half_made
 from nexusd.nixos.context import Context
 from nexusd.nixos.create import QubeSpec, create_qube
+from nexusd.nixos.creating import sweep_unmarked
 from nexusd.nixos.declared import Declared, load_declared
 from nexusd.nixos.errors import DeclaredFileError
 from nexusd.nixos.image import Progress
@@ -186,8 +187,10 @@ class NixosService:
     # -- upkeep --------------------------------------------------------------
 
     async def sweep(self) -> list[str]:
-        """Remove every template an import left half-made; return their
-        names. Only templates with nexusd's tag and ``importing`` mark go.
+        """Remove every template an import left half-made, and every qube
+        a crash left between its creation and nexusd's tag; return their
+        names. Only templates with nexusd's tag and ``importing`` mark go,
+        and untagged qubes whose creation nexusd had recorded.
 
         Raises:
             DaemonUnavailable: qubesd cannot be reached.
@@ -195,6 +198,14 @@ class NixosService:
         removed = []
         async with self._lock:
             ctx = self.context(SELF_ACTOR)
+            for name in await sweep_unmarked(ctx):
+                removed.append(name)
+                await ctx.record(
+                    via="sweep",
+                    action="unmarked_qube_removed",
+                    qube=name,
+                    obj="qube",
+                )
             for name in await find_half_made(ctx):
                 if await discard_created(ctx, name):
                     removed.append(name)

@@ -21,7 +21,7 @@ import structlog
 
 from nexusd.errors import BadArgument, NexusError
 from nexusd.names import parse_qube_name
-from nexusd.nixos import marks
+from nexusd.nixos import creating, marks
 from nexusd.nixos.cleanup import discard_created, left_behind_note
 from nexusd.nixos.context import Context
 from nexusd.nixos.errors import ImageMismatch
@@ -149,7 +149,12 @@ async def import_template(
     try:
         if spec.name in await ctx.port.list_qubes():
             await _replace_half_made(ctx, spec.name)
-        await ctx.port.create_qube("TemplateVM", spec.name, spec.label)
+        await creating.begin(ctx, spec.name, "TemplateVM")
+        try:
+            await ctx.port.create_qube("TemplateVM", spec.name, spec.label)
+        except QubeExists:
+            await creating.end(ctx, spec.name)
+            raise
         marked: list[bool] = []
         try:
             result = await _fill(ctx, spec, stream, marked)
@@ -203,6 +208,7 @@ async def _fill(
     await port.add_tag(spec.name, ctx.settings.owned_tag)
     await port.set_feature(spec.name, marks.IMAGE_STATE, marks.STATE_IMPORTING)
     marked.append(True)
+    await creating.end(ctx, spec.name)
     features = spec.features()
     for name, value in features.items():
         if name != marks.IMAGE_STATE:
@@ -248,6 +254,8 @@ async def _undo(
 ) -> None:
     """Remove the half-made template; add what is left to *err*'s message."""
     removed = await discard_created(ctx, spec.name)
+    if removed:
+        await creating.end(ctx, spec.name)
     log.warning(
         "template_import_failed",
         template=spec.name,

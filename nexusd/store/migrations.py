@@ -50,6 +50,15 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_qube ON audit (qube, id);
     """,
+    # 2: qubes being created, recorded before qubesd creates them
+    # (nexusd.nixos.creating).
+    """
+    CREATE TABLE creating (
+        name TEXT PRIMARY KEY,
+        klass TEXT NOT NULL,
+        started_at REAL NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
