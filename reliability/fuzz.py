@@ -16,9 +16,11 @@ import json
 import logging
 import re
 import string
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -49,8 +51,20 @@ from nexusd.services.spec import (
     parse_state_report,
 )
 
-__all__ = ["SERVICES", "TARGETS", "FuzzReport", "Target", "run_fuzz"]
+__all__ = [
+    "SERVICES",
+    "SOCKET",
+    "TARGETS",
+    "FuzzReport",
+    "Target",
+    "edits",
+    "mutate",
+    "payloads",
+    "run_fuzz",
+]
 
+#: The name of the target that fuzzes a running nexusd (long run only).
+SOCKET = "socket"
 SERVICES = frozenset(
     {
         "nexus.ContainerCreate",
@@ -154,10 +168,10 @@ _texts = st.one_of(
 )
 
 
-def _mutate(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
+def mutate(data: bytes, changes: list[tuple[int, int, bytes]]) -> bytes:
     """Apply (kind, position, bytes) edits: insert, delete, replace."""
     buf = bytearray(data)
-    for kind, pos, chunk in edits:
+    for kind, pos, chunk in changes:
         at = pos % (len(buf) + 1)
         if kind == 0:
             buf[at:at] = chunk
@@ -168,7 +182,7 @@ def _mutate(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
     return bytes(buf)
 
 
-_edits = st.lists(
+edits = st.lists(
     st.tuples(
         st.integers(0, 2),
         st.integers(0, 400),
@@ -192,7 +206,7 @@ def _headers(draw: st.DrawFn) -> bytes:
     )
     text = f"{service}+{arg} {source} {kind} {target}"
     raw = text.encode("utf-8", "surrogatepass")
-    return _mutate(raw, draw(_edits))
+    return mutate(raw, draw(edits))
 
 
 _json_scalars = st.one_of(
@@ -247,11 +261,11 @@ def _objects(draw: st.DrawFn, keys: list[str]) -> bytes:
         text = text.replace("0", "NaN", 1)
     raw = text.encode("utf-8", "surrogatepass")
     if twist == 5:
-        raw = _mutate(raw, draw(_edits))
+        raw = mutate(raw, draw(edits))
     return raw
 
 
-_payloads = st.one_of(
+payloads = st.one_of(
     st.binary(max_size=300),
     _objects(["ports", "resources", "autostart", "config_sha256"]),
     _objects(["state", "message"]),
@@ -410,7 +424,7 @@ def _rule_lines(draw: st.DrawFn) -> str:
     sep = draw(st.sampled_from([" ", "\t", "  ", " \u00a0 "]))
     text = sep.join(words)
     if draw(st.booleans()):
-        raw = _mutate(text.encode("utf-8", "surrogatepass"), draw(_edits))
+        raw = mutate(text.encode("utf-8", "surrogatepass"), draw(edits))
         text = raw.decode("utf-8", "replace")
     return text
 
@@ -449,7 +463,7 @@ def _qubesd_bytes(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
             ]
         )
     )
-    return _mutate(line, draw(_edits)), draw(_wire_fields)
+    return mutate(line, draw(edits)), draw(_wire_fields)
 
 
 def check_qubesd(parts: tuple[bytes, list[bytes]]) -> None:
@@ -483,7 +497,7 @@ TARGETS: dict[str, Target] = {
         ),
         Target(
             "payloads",
-            _payloads,
+            payloads,
             check_payload,
             "ContainerCreate, ContainerReport and Link* payloads",
         ),
@@ -538,6 +552,7 @@ class FuzzReport:
 
     tried: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    what: dict[str, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -550,7 +565,7 @@ class FuzzReport:
             verdict = "FAILED" if name in self.failures else "ok"
             out.append(
                 f"  {name}: {count} inputs in {self.seconds[name]:.1f} s,"
-                f" {verdict} ({TARGETS[name].what})"
+                f" {verdict} ({self.what.get(name, '')})"
             )
         for name, text in self.failures.items():
             out.append(f"failure in {name}:")
@@ -568,8 +583,8 @@ def run_fuzz(
     strategy can make, so the counts may come out lower.
     """
     report = FuzzReport()
-    names = only or list(TARGETS)
-    unknown = set(names) - set(TARGETS)
+    names = only or [*TARGETS, SOCKET]
+    unknown = set(names) - set(TARGETS) - {SOCKET}
     if unknown:
         msg = f"no such targets: {', '.join(sorted(unknown))}"
         raise ValueError(msg)
@@ -582,10 +597,37 @@ def run_fuzz(
     )
     try:
         for name in names:
-            _run_target(TARGETS[name], per_target, seed_value, report)
+            if name == SOCKET:
+                _run_socket(per_target, seed_value, report)
+            else:
+                _run_target(TARGETS[name], per_target, seed_value, report)
     finally:
         structlog.configure(**saved)
     return report
+
+
+def _run_socket(examples: int, seed_value: int, report: FuzzReport) -> None:
+    """Whole calls against a nexusd process in a temporary dom0."""
+    from reliability.dom0 import Dom0
+    from reliability.fuzz_socket import SocketFuzz, calls
+
+    with tempfile.TemporaryDirectory(prefix="nexus-fuzz-") as tmp:
+        dom0 = Dom0(Path(tmp) / "dom0").create()
+        try:
+            dom0.start_qubesd()
+            dom0.start_nexusd()
+            dom0.wait_serving()
+            fuzz = SocketFuzz(dom0)
+            target = Target(
+                SOCKET,
+                calls(),
+                fuzz.check,
+                "whole calls to a running nexusd: one JSON reply each,"
+                " refusals change nothing",
+            )
+            _run_target(target, examples, seed_value, report)
+        finally:
+            dom0.close()
 
 
 def _run_target(
@@ -609,3 +651,4 @@ def _run_target(
         report.failures[name] = f"{type(err).__name__}: {err}\n{notes}"
     report.seconds[name] = time.monotonic() - started
     report.tried[name] = calls[0]
+    report.what[name] = target.what
