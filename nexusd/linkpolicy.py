@@ -108,6 +108,22 @@ class LinkPolicyWriter:
         self.writes = 0
         self.last_errors: tuple[str, ...] = ()
 
+    def withdraw(self) -> bool:
+        """Remove the file (fail closed); return whether it was there."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            log.error(
+                "policy_withdraw_failed",
+                path=str(self.path),
+                error=err.strerror or type(err).__name__,
+            )
+            return False
+        log.warning("policy_withdrawn", path=str(self.path))
+        return True
+
     async def install(self, lines: Iterable[LinkLine]) -> bool:
         """Make the file hold exactly *lines*; return whether it changed.
 

@@ -373,11 +373,12 @@ class TestPolicyWriteFailure:
                 target="name db",
                 payload=FROM_WEB,
             )
-            stale = daemon.config.links_policy_file.read_text()
+            path = daemon.config.links_policy_file
+            withdrawn = not path.exists()
             failing[0] = False
             async with asyncio.timeout(RECOVERY):
-                while "nexus.Connect" not in (
-                    daemon.config.links_policy_file.read_text()
+                while not path.exists() or "nexus.Connect" not in (
+                    path.read_text()
                 ):
                     await asyncio.sleep(0.05)
         finally:
@@ -385,8 +386,60 @@ class TestPolicyWriteFailure:
 
         assert reply["error"]["code"] == "unavailable"
         assert "recorded" in reply["error"]["message"]
-        assert "nexus.Connect" not in stale
+        assert withdrawn
         assert len(db_rows(daemon, "links")) == 1
+
+    async def test_removed_link_is_not_left_allowed(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """If the file cannot be rewritten after a link is removed, the old
+        file (which still allows it) is withdrawn at once: fail closed."""
+        port = FakePort()
+        port.add("work", guest=True)
+        port.add("db", guest=True)
+        daemon = await start_daemon(tmp_path, port)
+        try:
+            for qube, name, ports in (
+                ("work", "web", [80]),
+                ("db", "pg", [5432]),
+            ):
+                await call(
+                    daemon,
+                    "nexus.ContainerCreate",
+                    name,
+                    source=qube,
+                    payload={"ports": ports},
+                )
+            await call(
+                daemon,
+                "nexus.LinkRequest",
+                "pg.5432",
+                source="work",
+                target="name db",
+                payload=FROM_WEB,
+            )
+            path = daemon.config.links_policy_file
+            assert "nexus.Connect +pg.5432 work db allow" in path.read_text()
+
+            def no_fds(fd: int, data: bytes) -> int:
+                raise OSError(errno.EMFILE, "Too many open files")
+
+            monkeypatch.setattr(linkpolicy.os, "write", no_fds)
+            reply = await call(
+                daemon,
+                "nexus.LinkRemove",
+                "pg.5432",
+                source="db",
+                target="name work",
+                payload=FROM_WEB,
+            )
+            left_allowed = path.exists() and "allow" in path.read_text()
+        finally:
+            await daemon.stop()
+
+        assert reply["error"]["code"] == "unavailable"
+        assert not left_allowed
+        assert db_rows(daemon, "links") == []
 
 
 class _VanishingPort(FakePort):

@@ -185,6 +185,10 @@ class LinkServices:
                 path=str(self.writer.path),
                 error=err.strerror or type(err).__name__,
             )
+            # Fail closed: the old file may still allow a link that is gone.
+            # Unlinking needs no space and no descriptor; until the repair
+            # writes the file, every nexus.Connect falls to the final deny.
+            await asyncio.to_thread(self.writer.withdraw)
             if self._repair is None or self._repair.done():
                 self._repair = asyncio.create_task(self._repair_policy())
             msg = (
