@@ -8,7 +8,9 @@ Kinds of flood, each from the guest ``work``:
 - ``slow``: calls whose payload trickles in a byte at a time and never
   ends, held open as long as nexusd lets them;
 - ``silent``: calls that send their payload but never half-close, never
-  read and never close their side.
+  read and never close their side;
+- ``crowd``: ``silent`` with more connections held than nexusd may open
+  files.
 
 The guest ``db`` meanwhile creates, lists and removes its containers in a
 loop. nexusd runs as a process with the file-descriptor limit systemd
@@ -31,6 +33,7 @@ from pathlib import Path
 from reliability.dom0 import Dom0, connect, fds_of, rss_kib_of
 
 __all__ = [
+    "CROWD_HELD",
     "FLOODS",
     "SERVICE_NOFILE",
     "FloodResult",
@@ -41,7 +44,10 @@ __all__ = [
     "run_floods",
 ]
 
-FLOODS = ("storm", "slow", "silent")
+FLOODS = ("storm", "slow", "silent", "crowd")
+#: Connections each ``crowd`` thread holds: together far more than the
+#: open files nexusd may have.
+CROWD_HELD = 300
 #: systemd's default soft limit of open files for a service.
 SERVICE_NOFILE = 1024
 #: Deadlines of the flood runs (shorter than nexusd's defaults, so that a
@@ -274,6 +280,8 @@ def run_flood(
         msg = "nexusd is not running"
         raise RuntimeError(msg)
     result = FloodResult(kind)
+    if kind == "crowd":
+        kind, held = "silent", CROWD_HELD
     dom0.wait_serving("db")
     result.fds_before = fds_of(pid)
     result.rss_kib_before = rss_kib_of(pid)
