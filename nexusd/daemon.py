@@ -172,7 +172,7 @@ class Daemon:
             self.store,
             self.registry,
             links_changed=self.links.changed,
-            links_of=self.links.links_of,
+            links_of=self.links.guest_links_of,
             feed=self.feed,
         )
         with contextlib.suppress(Unavailable):

@@ -82,7 +82,7 @@ class TestLinkRequest:
             "container": "postgres",
             "port": 5432,
         }
-        assert reply["result"]["link"]["blocked_by"] is None
+        assert reply["result"]["link"]["blocked"] is False
         assert policy_lines(root) == [
             "nexus.Connect +postgres.5432 work db allow"
         ]
@@ -300,7 +300,10 @@ class TestLinkLifetime:
 
         links = reply["result"]["links"]
         assert len(links) == 1
-        assert links[0]["blocked_by"] == f"{user}:1"
+        assert links[0]["blocked"] is True
+        assert str(SimLayout(root).root) not in json.dumps(reply)
+        admin_view = await daemon.links.links_of("work")
+        assert admin_view[0]["blocked_by"] == f"{user}:1"
 
     async def test_restart_regenerates_file(self, daemon, port, root) -> None:
         """If the file is lost (reboot clears /run), a start rewrites it."""

@@ -118,7 +118,8 @@ class LinkServices:
                 Change("link", "added", caller.name, link["id"], link)
             )
             await self.changed({caller.name, peer.name})
-        return {"link": await self._annotate(link), "created": created}
+        link = _for_guest(await self._annotate(link))
+        return {"link": link, "created": created}
 
     async def remove(self, call: Call) -> dict[str, Any]:
         """``nexus.LinkRemove+CONTAINER.PORT``: either end removes a link."""
@@ -235,6 +236,11 @@ class LinkServices:
             await self._refresh_blocked()
         return [self._annotate_now(link) for link in links]
 
+    async def guest_links_of(self, qube: str) -> list[dict[str, Any]]:
+        """The links of *qube* as its guest sees them: ``blocked`` says
+        whether policy blocks one, but not which dom0 file does."""
+        return [_for_guest(link) for link in await self.links_of(qube)]
+
     async def view(self, qube: str) -> dict[str, Any]:
         """What a guest agent is told: its containers and its links."""
         containers = await self._store.read(
@@ -243,7 +249,7 @@ class LinkServices:
         return {
             "qube": qube,
             "containers": containers,
-            "links": await self.links_of(qube),
+            "links": await self.guest_links_of(qube),
         }
 
     async def _annotate(self, link: dict[str, Any]) -> dict[str, Any]:
@@ -292,6 +298,13 @@ class LinkServices:
                 argument=line.argument,
                 decided_by=where,
             )
+
+
+def _for_guest(link: dict[str, Any]) -> dict[str, Any]:
+    """*link* without dom0's policy paths (only administrators see them)."""
+    shown = {k: v for k, v in link.items() if k != "blocked_by"}
+    shown["blocked"] = link.get("blocked_by") is not None
+    return shown
 
 
 async def _shadowed(
