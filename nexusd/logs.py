@@ -132,4 +132,33 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    _route_stdlib(renderer if chosen == "console" else None)
     return chosen
+
+
+def _route_stdlib(console: Any) -> None:
+    """Send the standard library's records (asyncio's, say) through the same
+    rendering, so a traceback never breaks the one-record-per-line output.
+
+    Under the journal they go as JSON lines on stderr, which journald keeps
+    as the message of one record each.
+    """
+    renderer = console or structlog.processors.JSONRenderer(sort_keys=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                structlog.processors.TimeStamper(fmt="iso"),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)

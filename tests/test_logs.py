@@ -95,3 +95,35 @@ class TestCallLog:
         logger.info("x", value='a\n{"event": "forged"}')
 
         assert out.getvalue().count("\n") == 1
+
+
+class TestStdlibRecords:
+    def test_asyncio_traceback_is_one_json_line(self) -> None:
+        """If asyncio logs an error with a traceback, nexusd's stderr still
+        holds one JSON record per line."""
+        import subprocess
+        import sys
+
+        code = (
+            "import logging\n"
+            "from nexusd.logs import configure_logging\n"
+            "configure_logging(journal=False)\n"
+            "try:\n"
+            "    raise OSError(24, 'Too many open files')\n"
+            "except OSError:\n"
+            "    logging.getLogger('asyncio').exception('socket.accept()')\n"
+        )
+
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1
+        record = json.loads(lines[0])
+        assert record["logger"] == "asyncio"
+        assert "Too many open files" in record["exception"]
