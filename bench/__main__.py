@@ -105,7 +105,8 @@ def _quiet_logging(path: Path) -> None:
     structlog.configure(
         logger_factory=structlog.PrintLoggerFactory(
             file=path.open("a", encoding="utf-8")
-        )
+        ),
+        cache_logger_on_first_use=False,
     )
 
 

@@ -250,13 +250,18 @@ async def run_paced(
 async def wait_serving(path: str, data: bytes, timeout_s: float) -> float:
     """Call until a call succeeds; return how long that took.
 
+    A socket not there yet, or not listening yet, counts as not serving.
+
     Raises:
         TimeoutError: no call succeeded within *timeout_s*.
     """
     began = time.perf_counter()
     async with asyncio.timeout(timeout_s):
         while True:
-            reply = await call_once(path, data)
+            try:
+                reply = await call_once(path, data)
+            except (FileNotFoundError, ConnectionRefusedError):
+                reply = b""
             if reply.startswith(_OK_PREFIX):
                 return time.perf_counter() - began
             await asyncio.sleep(0.001)

@@ -12,12 +12,13 @@ import asyncio
 import json
 import math
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.__main__ import main
 from bench.port import BenchPort, BenchQube
 from bench.report import check_targets
 from bench.seed import Population, seed_root
@@ -25,15 +26,24 @@ from bench.stats import growth, percentile, summarize
 from nexusd.config import load_config
 from nexusd.qubes.port import CONNECTION_ESTABLISHED
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(name="quick_run", scope="module")
 def fixture_quick_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[dict[str, Any], Path]:
-    """One ``python -m bench --quick`` for the whole module."""
+    """One ``python -m bench --quick`` for the whole module, as a process
+    of its own (the run configures logging for its whole process)."""
     out = tmp_path_factory.mktemp("bench-out")
-    status = main(["--quick", "--out", str(out)])
-    assert status == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     result = json.loads((out / "latest.json").read_text(encoding="utf-8"))
     return result, out
 
