@@ -220,6 +220,8 @@ def _run_batch(
     outcomes: list[tuple[bool, Any]] = []
     audit: list[dict[str, Any]] = getattr(conn, "audit_pending", [])
     audit.clear()
+    if len(ops) == 1:
+        return _run_one(conn, ops[0], audit)
     conn.execute("BEGIN IMMEDIATE")
     try:
         for op in ops:
@@ -244,3 +246,28 @@ def _run_batch(
     committed = list(audit)
     audit.clear()
     return outcomes, committed
+
+
+def _run_one(
+    conn: sqlite3.Connection, op: Op, audit: list[dict[str, Any]]
+) -> tuple[list[tuple[bool, Any]], list[dict[str, Any]]]:
+    """A batch of one write: its transaction is its savepoint, so a failure
+    rolls the transaction back instead (two statements fewer per write when
+    calls come one at a time)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        try:
+            value = op(conn)
+        except Exception as err:  # noqa: BLE001 - handed to its caller
+            conn.execute("ROLLBACK")
+            audit.clear()
+            return [(False, err)], []
+        conn.execute("COMMIT")
+    except BaseException:
+        audit.clear()
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    committed = list(audit)
+    audit.clear()
+    return [(True, value)], committed
