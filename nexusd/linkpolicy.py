@@ -91,8 +91,12 @@ def _order(line: LinkLine) -> tuple[str, int, str, str]:
 def render_links_policy(lines: Iterable[LinkLine]) -> str:
     """The whole file for *lines* (sorted, without duplicates)."""
     checked: dict[str, str] = {}
+    # dict.fromkeys drops duplicates but keeps the order the lines came in
+    # (the database's, which is already this order), so the sort is a
+    # single pass.
+    unique = dict.fromkeys(lines)
     body = "".join(
-        line.render(checked) + "\n" for line in sorted(set(lines), key=_order)
+        line.render(checked) + "\n" for line in sorted(unique, key=_order)
     )
     return HEADER + body
 
