@@ -242,6 +242,7 @@ def _scale_rows(
         "HWM MiB",
         "regen ms",
         "reconcile ms",
+        "via sim qubesd ms",
         "shadow ms",
         "read p50 ms",
     ]
@@ -254,6 +255,11 @@ def _scale_rows(
             _fmt(row["hwm_kib"] / _MIB),
             _fmt(row["regeneration_s"] * 1000),
             _fmt(row["reconcile_s"] * 1000),
+            _fmt(
+                row["reconcile_sim_qubesd_s"] * 1000
+                if row.get("reconcile_sim_qubesd_s") is not None
+                else None
+            ),
             _fmt(row["shadow_report_s"] * 1000),
             _fmt(row["read"]["p50_ms"]),
         ]

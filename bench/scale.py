@@ -6,7 +6,9 @@ Start and memory come from nexusd as a process (``bench.host``): the time
 from exec to ``READY=1`` on the notify socket, then to its first answered
 call, and ``VmRSS``/``VmHWM`` from ``/proc``. Regeneration, reconcile and
 the shadow report are timed in this process around nexusd's own methods,
-on the same seeded folder.
+on the same seeded folder. Where the simulated qubesd can hold the qubes
+(qubesd allows 254 qids, so not at 1,000), the reconcile is also timed
+through its socket, both sides in this process.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import request_bytes, run_level, wait_serving
-from bench.port import BenchPort
+from bench.port import GUEST_TAG, BenchPort
 from bench.proc import start_server
 from bench.seed import (
     CONFIG_NAME,
@@ -32,6 +34,13 @@ from bench.seed import (
 )
 from nexusd.config import load_config
 from nexusd.daemon import Daemon
+from nexusd.follower import QubesFollower
+from nexusd.guests import GuestRegistry
+from nexusd.qubes.socket_port import SocketPort
+from nexusd.sim.layout import SimLayout
+from nexusd.sim.model import MAX_QID, Dom0Model
+from nexusd.sim.qubesd import QubesdServer
+from nexusd.store import Store
 from nexusd.store import links as link_sql
 
 __all__ = ["DEFAULT_POPULATIONS", "ScaleSettings", "run_scale"]
@@ -179,6 +188,45 @@ async def _in_process_figures(
     }
 
 
+async def _sim_reconcile(
+    root: Path, population: Population, repeats: int
+) -> float | None:
+    """Reconcile through the simulated qubesd's socket (one Admin API call
+    per qube for its tags, one for its quota feature): what the in-memory
+    port leaves out. ``None`` where the simulator cannot hold that many
+    qubes (qubesd's qid limit)."""
+    if population.qubes + 2 >= MAX_QID:
+        return None
+    layout = SimLayout(root)
+    model = Dom0Model(layout)
+    model.seed_qube("TemplateVM", "nixos", "black")
+    for qube in BenchPort.from_file(root / QUBES_NAME).qubes.values():
+        if qube.name != "dom0":
+            model.seed_qube(
+                "AppVM",
+                qube.name,
+                "red",
+                template="nixos",
+                qube_uuid=qube.uuid,
+                tags=(GUEST_TAG,),
+            )
+    config = load_config(root / CONFIG_NAME, sim_root=root)
+    samples = []
+    async with QubesdServer(model, layout.qubesd_socket):
+        port = SocketPort(layout.qubesd_socket, sim_root=root)
+        store = await Store.open(config.database)
+        try:
+            follower = QubesFollower(port, GuestRegistry(config.qubes), store)
+            for _ in range(repeats):
+                began = time.perf_counter()
+                await follower.reconcile()
+                samples.append(time.perf_counter() - began)
+        finally:
+            await store.close()
+            await port.close()
+    return statistics.median(samples)
+
+
 def run_scale(workdir: Path, settings: ScaleSettings) -> list[dict[str, Any]]:
     """Measure every population; one row each, smallest first."""
     rows = []
@@ -196,5 +244,8 @@ def run_scale(workdir: Path, settings: ScaleSettings) -> list[dict[str, Any]]:
         }
         row.update(asyncio.run(_process_figures(root, settings)))
         row.update(asyncio.run(_in_process_figures(root, settings)))
+        row["reconcile_sim_qubesd_s"] = asyncio.run(
+            _sim_reconcile(root, population, settings.repeats)
+        )
         rows.append(row)
     return rows
