@@ -333,9 +333,10 @@ def render(result: dict[str, Any], *, markdown: bool = False) -> str:
     table = _markdown if markdown else _table
     out = []
     title = "### " if markdown else "== "
-    out.append(f"Machine: {_machine_line(result['machine'])}")
+    bullet = "- " if markdown else ""
+    out.append(f"{bullet}Machine: {_machine_line(result['machine'])}")
     out.append(
-        f"Run: {result['started_at']}, {_fmt(result['duration_s'])} s,"
+        f"{bullet}Run: {result['started_at']}, {_fmt(result['duration_s'])} s,"
         f" load average before {result['load_before']}"
         f" after {result['load_after']}"
     )
