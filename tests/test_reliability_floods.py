@@ -9,6 +9,7 @@ import pytest
 
 from reliability.dom0 import Dom0
 from reliability.flood import (
+    CROWD_HELD,
     LIMITS,
     SERVICE_NOFILE,
     FloodResult,
@@ -56,6 +57,19 @@ class TestFloods:
         assert result.fds_max < SERVICE_NOFILE
         assert result.rss_kib_max - result.rss_kib_before < RSS_GROWTH_MAX
         assert result.violations == []
+
+    @pytest.mark.parametrize("kind", ["slow", "silent"])
+    def test_more_connections_than_nexusd_has_descriptors(
+        self, dom0: Dom0, kind: str
+    ) -> None:
+        """If the flooder holds more connections than nexusd may open
+        files, nexusd never runs out of descriptors, and the other guest's
+        calls all succeed."""
+        result = run_flood(dom0, kind, CI_SECONDS, held=CROWD_HELD)
+
+        assert set(result.victim) == {"ok"}
+        assert result.fds_max < SERVICE_NOFILE
+        assert result.fds_after <= result.fds_before
 
     def test_nexusd_serves_after_the_floods(self, dom0: Dom0) -> None:
         """If the floods are over, both guests are served as before."""

@@ -45,6 +45,11 @@ log = structlog.get_logger()
 #: After the reply, input still arriving is dropped up to these bounds.
 _LINGER_BYTES = 65536
 _LINGER_SECONDS = 1.0
+#: Connections lingering at once, in all. A caller still sending after its
+#: answer, beyond this many, gets its answer and an immediate close: on
+#: Linux the reply stays readable ahead of the reset, and no flood of such
+#: calls holds more descriptors than the limits allow.
+_LINGER_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class RpcServer:
         self._per_source: Counter[str] = Counter()
         self._in_flight = 0
         self._open: set[_Connection] = set()
+        self._lingering = 0
         self._server: asyncio.Server | None = None
         self._closing = False
         self.calls = 0
@@ -238,6 +244,8 @@ class _Connection(asyncio.Protocol):
             self._release()
             self._phase = _CLOSED
         elif self._phase == _LINGER:
+            self._cancel_timer()
+            self._end_linger()
             self._phase = _CLOSED
         self._maybe_finished()
 
@@ -409,11 +417,20 @@ class _Connection(asyncio.Protocol):
         if self._peer_done:
             self._close()
             return
+        if self._server._lingering >= _LINGER_MAX:
+            self._close()
+            return
+        self._server._lingering += 1
         self._phase = _LINGER
         self._timer = self._loop.call_later(_LINGER_SECONDS, self._close)
 
+    def _end_linger(self) -> None:
+        if self._phase == _LINGER:
+            self._server._lingering -= 1
+
     def _close(self) -> None:
         self._cancel_timer()
+        self._end_linger()
         self._phase = _CLOSED
         if self._transport is not None:
             self._transport.close()
