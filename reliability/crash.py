@@ -13,6 +13,7 @@ the database implies, with no temporary file left.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -25,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nexusd.sim.client import qubesd_call
 from nexusd.sim.model import Dom0Model
 from reliability.crashpoint import IMPORT_ENV, POINTS
 from reliability.dom0 import GUESTS, Dom0, Reply
@@ -419,6 +421,16 @@ class _Imports:
             if not found or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
+        # As an administrator would: complete templates go again, so the
+        # machine (and each restart's reconcile) stays small.
+        for name in self.pending:
+            if name not in found:
+                with contextlib.suppress(OSError):
+                    asyncio.run(
+                        qubesd_call(
+                            dom0.layout.qubesd_socket, "admin.vm.Remove", name
+                        )
+                    )
         self.pending = []
         return [f"template {n}: {p}" for n, p in sorted(found.items())]
 
