@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from nexusd import errors
 from reliability.dom0 import Dom0, raw_call
-from reliability.fuzz import edits, mutate, payloads
+from reliability.strategies import edits, mutate, payloads
 
 __all__ = ["CODES", "SocketFuzz", "calls"]
 
