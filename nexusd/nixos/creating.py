@@ -88,10 +88,11 @@ async def sweep_unmarked(ctx: Context) -> list[str]:
             except NoSuchQube:
                 tags = frozenset({ctx.settings.owned_tag})
             if ctx.settings.owned_tag not in tags:
-                # XXX: a qube an administrator creates under this very name
-                # after a crash and before nexusd's restart is removed as
-                # nexusd's own; accepted because the administrator asked
-                # nexusd for that name and systemd restarts it in seconds.
+                # XXX: same name by hand; removed; accepted because rare.
+                # A qube an administrator creates under this very name after
+                # a crash and before nexusd's restart is taken for nexusd's;
+                # the administrator had asked nexusd for that very name, and
+                # systemd restarts nexusd within seconds.
                 log.warning("unmarked_qube_found", qube=name, klass=klass)
                 if not await discard_created(ctx, name):
                     continue
