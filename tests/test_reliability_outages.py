@@ -40,6 +40,12 @@ from tests.harness import FakePort, call, db_rows, sim_config, start_daemon
 #: 2 s, 4 s; policy repair backoff alike).
 RECOVERY = 20.0
 FROM_WEB = {"from": "web"}
+#: What editors and package managers leave beside a policy file.
+LEFTOVERS = (
+    ".50-nexus.policy.swp",
+    "50-nexus.policy~",
+    "50-nexus.policy.rpmnew",
+)
 
 
 def _eventually(check: Callable[[], bool], what: str) -> None:
@@ -152,27 +158,24 @@ class TestQubesdOutage:
 
 
 class TestPolicyFolderChanges:
-    @pytest.mark.parametrize(
-        "leftover",
-        [".50-nexus.policy.swp", "50-nexus.policy~", "50-nexus.policy.rpmnew"],
-    )
-    def test_editor_leftovers_change_nothing(
-        self, dom0: Dom0, leftover: str
-    ) -> None:
-        """If an editor leaves a file beside the admin's policy (a deny-all
-        in it), nexusd writes its links file as before and reports no link
-        as blocked: qrexec ignores such names, and so does nexusd."""
+    def test_editor_leftovers_change_nothing(self, dom0: Dom0) -> None:
+        """If editors leave files beside the admin's policy (``.swp``,
+        ``~``, ``.rpmnew``, each holding a deny-all), nexusd writes its links
+        file as before and reports no link as blocked: qrexec ignores such
+        names, and so does nexusd."""
         folder = dom0.layout.policy_dir
-        (folder / leftover).write_text("nexus.Connect * @anyvm @anyvm deny\n")
+        for leftover in LEFTOVERS:
+            (folder / leftover).write_text(
+                "nexus.Connect * @anyvm @anyvm deny\n"
+            )
         _start(dom0)
 
         _seed_link(dom0)
         listed = dom0.call("nexus.ContainerList", source="work")
 
         assert _policy_matches(dom0)
-        assert [link["blocked"] for link in listed.body["result"]["links"]] == [
-            False
-        ]
+        links = listed.body["result"]["links"]
+        assert [link["blocked"] for link in links] == [False]
 
     def test_admin_files_replaced_and_removed_are_read_afresh(
         self, dom0: Dom0
@@ -485,7 +488,7 @@ class TestReconcileRaces:
     ) -> None:
         """If qubesd fails calls during the first reconcile, nexusd tries
         again by itself instead of staying unready."""
-        port = _VanishingPort(set(), failures=2)
+        port = _VanishingPort(set(), failures=1)
         port.add("work", guest=True)
 
         daemon = await start_daemon(tmp_path, port)
