@@ -52,7 +52,9 @@ class TestContainerCreate:
     async def test_repeated_request_returns_same_record(self, daemon) -> None:
         """If the same request comes twice, the same record comes back."""
         first = await call(daemon, "nexus.ContainerCreate", "web", payload=SPEC)
-        second = await call(daemon, "nexus.ContainerCreate", "web", payload=SPEC)
+        second = await call(
+            daemon, "nexus.ContainerCreate", "web", payload=SPEC
+        )
 
         assert second["result"]["created"] is False
         assert second["result"]["container"] == first["result"]["container"]
@@ -187,9 +189,7 @@ class TestContainerRemove:
         """If Remove gets a payload, bad_payload and nothing removed."""
         await call(daemon, "nexus.ContainerCreate", "web")
 
-        reply = await call(
-            daemon, "nexus.ContainerRemove", "web", payload=b"x"
-        )
+        reply = await call(daemon, "nexus.ContainerRemove", "web", payload=b"x")
 
         assert reply["error"]["code"] == "bad_payload"
         assert len(db_rows(daemon, "containers")) == 1
@@ -207,10 +207,10 @@ class TestContainerListAndReport:
         assert names == ["web"]
 
     async def test_list_with_argument_is_refused(self, daemon) -> None:
-        """If List gets an argument, bad_header."""
+        """If List gets an argument, bad_argument."""
         reply = await call(daemon, "nexus.ContainerList", "web")
 
-        assert reply["error"]["code"] == "bad_header"
+        assert reply["error"]["code"] == "bad_argument"
 
     async def test_report_records_state(self, daemon) -> None:
         """If the guest reports running, the record says running."""

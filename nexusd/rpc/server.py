@@ -27,6 +27,7 @@ from typing import Any, cast
 import structlog
 
 from nexusd.errors import (
+    BadArgument,
     BadHeader,
     BadPayload,
     Busy,
@@ -299,9 +300,11 @@ class _Connection(asyncio.Protocol):
         )
         spec = self._server._services[header.service]
         if spec.takes_arg != bool(header.argument):
-            word = "expects" if spec.takes_arg else "takes no"
-            msg = f"{header.service} {word} an argument"
-            raise BadHeader(msg)
+            if spec.takes_arg:
+                msg = f"{header.service} needs an argument"
+            else:
+                msg = f"{header.service} takes no argument"
+            raise BadArgument(msg)
 
         self._server._take_slot(header.source)
         self._slot = header.source
