@@ -2,7 +2,7 @@
 # scripts/setup.sh, which installs what a fresh machine lacks.
 PY := .venv/bin/python
 
-.PHONY: setup demo test lint rpm bench fuzz clean
+.PHONY: setup demo test lint rpm bench fuzz crash flood clean
 
 setup:
 	@scripts/setup.sh
@@ -21,6 +21,16 @@ rpm: setup
 
 bench: setup
 	$(PY) -m bench
+
+# The long reliability runs (docs/reliability.md); the tests run short ones.
+fuzz: setup
+	$(PY) -m reliability fuzz --examples 100000
+
+crash: setup
+	$(PY) -m reliability crash --cycles 1000
+
+flood: setup
+	$(PY) -m reliability flood --seconds 20
 
 clean:
 	rm -rf dist build .pytest_cache .ruff_cache

@@ -3,11 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dirs=()
-for d in nexusd tests bench; do [[ -d $d ]] && dirs+=("$d"); done
+for d in nexusd tests bench reliability; do [[ -d $d ]] && dirs+=("$d"); done
 .venv/bin/ruff check --quiet "${dirs[@]}"
 .venv/bin/ruff format --check --quiet "${dirs[@]}"
 
-bad_marks=$(grep -rnE '\b(TODO|FIXME|XXX|HACK)\b' --include='*.py' nexusd tests \
+bad_marks=$(grep -rnE '\b(TODO|FIXME|XXX|HACK)\b' --include='*.py' "${dirs[@]}" \
     | grep -vE 'TODO\([^)]+\): .+ because |XXX: .+; .+; accepted because ' \
     || true)
 if [[ -n $bad_marks ]]; then
@@ -16,7 +16,7 @@ if [[ -n $bad_marks ]]; then
     exit 1
 fi
 
-big=$(find nexusd tests -name '*.py' -print0 | xargs -0 wc -l \
+big=$(find "${dirs[@]}" -name '*.py' -print0 | xargs -0 wc -l \
     | awk '$2 != "total" && $1 > 1000 {print $2 " (" $1 " lines)"}')
 if [[ -n $big ]]; then
     echo "modules over the 1000-line cap:" >&2

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import structlog
 
 #: The read-only shared/ folder that lies beside the checkout (here and in CI).
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -27,3 +28,11 @@ def qubes_policy_copy(tmp_path: Path, shared_dir: Path) -> Path:
     dest = tmp_path / "qubes-policy"
     shutil.copytree(shared_dir / "fixtures" / "qubes-policy", dest)
     return dest
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog():
+    """A test that runs a command's main() (which configures structlog for
+    its process) must not change what later tests' loggers do."""
+    yield
+    structlog.reset_defaults()
