@@ -25,6 +25,7 @@ from nexusd.linkpolicy import SERVICE, LinkLine, LinkPolicyWriter
 from nexusd.names import parse_container_name, parse_link_target
 from nexusd.rpc.server import Call, ServiceSpec
 from nexusd.services.payload import parse_json_object, reject_unknown_keys
+from nexusd.services.policywatch import PolicyWatch
 from nexusd.store import Store
 from nexusd.store import containers as csql
 from nexusd.store import links as sql
@@ -70,6 +71,11 @@ class LinkServices:
         self.writer = LinkPolicyWriter(config)
         self._blocked: dict[LinkLine, str] = {}
         self._policy_signature: tuple[Any, ...] | None = None
+        paths = config.paths
+        self._watch = PolicyWatch((paths.runtime_policy_dir, paths.policy_dir))
+        self._refreshing = 0
+        self._refresh_tickets = 0
+        self._refresh_kept = 0
         self._sync_lock = asyncio.Lock()
         self._repair: asyncio.Task[None] | None = None
 
@@ -222,6 +228,7 @@ class LinkServices:
 
     async def close(self) -> None:
         """Stop a pending repair (the next start rewrites the file)."""
+        self._watch.close()
         if self._repair is not None:
             self._repair.cancel()
             await asyncio.gather(self._repair, return_exceptions=True)
@@ -279,16 +286,42 @@ class LinkServices:
         return (tuple(sorted(entries)), len(self._registry.names()))
 
     async def _refresh_blocked(self) -> None:
+        current = self._policy_signature
+        if (
+            not self._refreshing
+            and current is not None
+            and current[1] == len(self._registry.names())
+            and self._watch.quiet()
+        ):
+            return
+        # Armed before the signature is taken: a change after this point is
+        # an event for the next call, one before it is in the signature.
+        self._watch.arm()
         signature = self._signature()
         if signature == self._policy_signature:
             return
-        lines = await self.lines()
-        self._blocked = await _shadowed(
-            self._config,
-            self._registry.system_info(),
-            lines,
-            self.writer.path,
-        )
+        # Refreshes may overlap (each caller that sees a change computes);
+        # the report of the one that started last is kept.
+        self._refresh_tickets += 1
+        ticket = self._refresh_tickets
+        self._refreshing += 1
+        try:
+            lines = await self.lines()
+            blocked = await _shadowed(
+                self._config,
+                self._registry.system_info(),
+                lines,
+                self.writer.path,
+            )
+        except BaseException:
+            self._policy_signature = None
+            raise
+        finally:
+            self._refreshing -= 1
+        if ticket < self._refresh_kept:
+            return
+        self._refresh_kept = ticket
+        self._blocked = blocked
         self._policy_signature = signature
         for line, where in sorted(self._blocked.items()):
             log.warning(
