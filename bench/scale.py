@@ -59,7 +59,7 @@ class ScaleSettings:
     """Points and repetitions of the scale runs."""
 
     populations: Sequence[Population] = DEFAULT_POPULATIONS
-    repeats: int = 3
+    repeats: int = 5
     read_guests: int = 16
     read_s: float = 1.0
 
