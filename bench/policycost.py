@@ -139,7 +139,7 @@ def _ours(
         def evaluate(
             a: str = argument, s: str = source, t: str = target
         ) -> str:
-            return policy.evaluate(Request(SERVICE, a, s, t), info).action
+            return str(policy.evaluate(Request(SERVICE, a, s, t), info).action)
 
         result[f"{name}_s"] = _per_call(evaluate, repeats)
         result[f"{name}_action"] = evaluate()

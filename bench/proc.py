@@ -35,6 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 120.0
 #: How long a server may take to exit after SIGTERM before it is killed.
 STOP_TIMEOUT = 20.0
+#: The socket class, named apart from the ``socket`` field below.
+_Socket = socket.socket
 #: Variables of the bench's own environment a server must not inherit.
 _SCRUBBED = (
     "NEXUS_DBUS_ADDRESS",
@@ -83,7 +85,7 @@ class ServerProcess:
     ready_s: float
     log_path: Path
     _log: IO[bytes]
-    _notify: socket.socket
+    _notify: _Socket
     _notify_path: Path
 
     @property
