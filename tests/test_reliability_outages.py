@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -301,6 +302,23 @@ class TestStateFolderReadOnly:
         assert names == {"web"}
 
 
+async def _web_and_pg(root: Path) -> Any:
+    """nexusd with work's web (port 80) and db's pg (port 5432)."""
+    port = FakePort()
+    port.add("work", guest=True)
+    port.add("db", guest=True)
+    daemon = await start_daemon(root, port)
+    for qube, name, ports in (("work", "web", [80]), ("db", "pg", [5432])):
+        await call(
+            daemon,
+            "nexus.ContainerCreate",
+            name,
+            source=qube,
+            payload={"ports": ports},
+        )
+    return daemon
+
+
 class TestPolicyWriteFailure:
     """The same faults without mount rights: the write itself fails with
     the errno a full or read-only folder gives."""
@@ -344,22 +362,8 @@ class TestPolicyWriteFailure:
         """If the policy file cannot be written when a link is made, the
         link is kept, the call is answered unavailable, and nexusd writes
         the file by itself once it can."""
-        port = FakePort()
-        port.add("work", guest=True)
-        port.add("db", guest=True)
-        daemon = await start_daemon(tmp_path, port)
+        daemon = await _web_and_pg(tmp_path)
         try:
-            for qube, name, ports in (
-                ("work", "web", [80]),
-                ("db", "pg", [5432]),
-            ):
-                await call(
-                    daemon,
-                    "nexus.ContainerCreate",
-                    name,
-                    source=qube,
-                    payload={"ports": ports},
-                )
             real_write = linkpolicy.os.write
             failing = [True]
 
@@ -398,22 +402,8 @@ class TestPolicyWriteFailure:
     ) -> None:
         """If the file cannot be rewritten after a link is removed, the old
         file (which still allows it) is withdrawn at once: fail closed."""
-        port = FakePort()
-        port.add("work", guest=True)
-        port.add("db", guest=True)
-        daemon = await start_daemon(tmp_path, port)
+        daemon = await _web_and_pg(tmp_path)
         try:
-            for qube, name, ports in (
-                ("work", "web", [80]),
-                ("db", "pg", [5432]),
-            ):
-                await call(
-                    daemon,
-                    "nexus.ContainerCreate",
-                    name,
-                    source=qube,
-                    payload={"ports": ports},
-                )
             await call(
                 daemon,
                 "nexus.LinkRequest",
