@@ -11,45 +11,18 @@ import pytest
 from nexusd.policy import (
     PolicySet,
     Request,
-    SystemInfo,
     check_policy_set,
     load_policy_set,
     parse_rule_line,
 )
-
-SYSTEM = SystemInfo.from_dict(
-    {
-        "domains": {
-            "work": {"type": "AppVM", "power_state": "Running"},
-            "personal": {"type": "AppVM", "power_state": "Running"},
-        }
-    }
+from tests.policy_helpers import (
+    ALLOW_ALL,
+    PROBE,
+    SYSTEM,
+    decider,
+    folders,
+    snapshot,
 )
-#: A request that the catch-all file below allows.
-PROBE = Request("test.Probe", "+", "work", "personal")
-ALLOW_ALL = "* * @anyvm @anyvm allow\n"
-
-
-def _folders(tmp_path: Path) -> tuple[Path, Path, Path]:
-    runtime = tmp_path / "run"
-    persistent = tmp_path / "etc"
-    legacy = tmp_path / "legacy"
-    for folder in (runtime, persistent, legacy):
-        folder.mkdir()
-    return runtime, persistent, legacy
-
-
-def _decider(policy: PolicySet) -> str | None:
-    decision = policy.evaluate(PROBE, SYSTEM)
-    return decision.file.name if decision.file else None
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 class TestIncludes:
@@ -57,7 +30,7 @@ class TestIncludes:
 
     def test_include_inserts_rules_in_place(self, tmp_path: Path) -> None:
         """If a file includes another, its rules stand at the directive."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         (persistent / "include").mkdir()
         (persistent / "include" / "probe").write_text(
             "test.Probe * work personal deny\n"
@@ -84,7 +57,7 @@ class TestIncludes:
         self, tmp_path: Path
     ) -> None:
         """If a runtime file includes a relative path, it is under /run."""
-        runtime, persistent, _ = _folders(tmp_path)
+        runtime, persistent, _ = folders(tmp_path)
         (runtime / "include").mkdir()
         (runtime / "include" / "x").write_text(
             "test.Probe * @anyvm @anyvm deny\n"
@@ -100,7 +73,7 @@ class TestIncludes:
         self, tmp_path: Path
     ) -> None:
         """If a folder is included, its *.policy files come by name."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         extra = tmp_path / "extra.d"
         extra.mkdir()
         (extra / "b.policy").write_text(ALLOW_ALL)
@@ -111,11 +84,11 @@ class TestIncludes:
         policy = load_policy_set(None, persistent)
 
         assert policy.errors == ()
-        assert _decider(policy) == "a.policy"
+        assert decider(policy) == "a.policy"
 
     def test_include_dir_with_bad_name_denies(self, tmp_path: Path) -> None:
         """If an included folder has a bad *.policy name, all deny."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         extra = tmp_path / "extra.d"
         extra.mkdir()
         (extra / "B.policy").write_text(ALLOW_ALL)
@@ -127,7 +100,7 @@ class TestIncludes:
 
     def test_include_service_reads_old_syntax(self, tmp_path: Path) -> None:
         """If !include-service pulls a file, its lines use the old syntax."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         (persistent / "include").mkdir()
         (persistent / "include" / "old").write_text(
             "## comment\n$anyvm $anyvm allow,target=dom0,notify=yes\n"
@@ -151,7 +124,7 @@ class TestIncludes:
         self, tmp_path: Path
     ) -> None:
         """If an old-syntax file has !include-dir, it is a bad directive."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         (persistent / "include").mkdir()
         (persistent / "include" / "old").write_text("!include-dir /tmp\n")
         (persistent / "30-user.policy").write_text(
@@ -169,7 +142,7 @@ class TestIncludes:
     ) -> None:
         """If includes nest past the cap, the deepest one is an error."""
         monkeypatch.setattr("nexusd.policy.loader.MAX_INCLUDE_DEPTH", 3)
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         (persistent / "i").mkdir()
         for n in range(5):
             (persistent / "i" / str(n)).write_text(f"!include i/{n + 1}\n")
@@ -186,7 +159,7 @@ class TestCompat:
     """!compat-4.0 and the legacy per-service files."""
 
     def _set(self, tmp_path: Path, files: dict[str, str]) -> PolicySet:
-        _, persistent, legacy = _folders(tmp_path)
+        _, persistent, legacy = folders(tmp_path)
         (persistent / "35-compat.policy").write_text("!compat-4.0\n")
         (persistent / "90-all.policy").write_text(ALLOW_ALL)
         for name, text in files.items():
@@ -225,7 +198,7 @@ class TestCompat:
         policy = self._set(tmp_path, {"test.Probe": "work dom0 allow\n"})
 
         assert policy.evaluate(PROBE, SYSTEM).action == "allow"
-        assert _decider(policy) == "90-all.policy"
+        assert decider(policy) == "90-all.policy"
 
     def test_specific_argument_comes_before_any_argument(
         self, tmp_path: Path
@@ -269,7 +242,7 @@ class TestCompat:
 
     def test_missing_legacy_folder_is_an_error(self, tmp_path: Path) -> None:
         """If the legacy folder is absent, !compat-4.0 fails as in qrexec."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         (persistent / "35-compat.policy").write_text("!compat-4.0\n")
 
         policy = load_policy_set(None, persistent, tmp_path / "absent")
@@ -284,21 +257,21 @@ class TestCheckPolicySet:
 
     def test_new_file_with_error_is_reported(self, tmp_path: Path) -> None:
         """If a proposed file is bad, its error comes back; disk unchanged."""
-        runtime, persistent, _ = _folders(tmp_path)
+        runtime, persistent, _ = folders(tmp_path)
         (persistent / "90-all.policy").write_text(ALLOW_ALL)
         target = runtime / "45-nexus-links.policy"
-        before = _snapshot(tmp_path)
+        before = snapshot(tmp_path)
 
         errors = check_policy_set(
             runtime, persistent, overrides={target: "nexus.Connect +a b c\n"}
         )
 
         assert errors == (f"{target}:1: wrong number of fields",)
-        assert _snapshot(tmp_path) == before
+        assert snapshot(tmp_path) == before
 
     def test_good_override_hides_a_bad_file(self, tmp_path: Path) -> None:
         """If a bad file is replaced by good text, the set checks clean."""
-        runtime, persistent, _ = _folders(tmp_path)
+        runtime, persistent, _ = folders(tmp_path)
         bad = persistent / "30-user.policy"
         bad.write_text("broken\n")
 
@@ -312,7 +285,7 @@ class TestCheckPolicySet:
         self, tmp_path: Path
     ) -> None:
         """If an override removes a file another includes, it is refused."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         (persistent / "include").mkdir()
         included = persistent / "include" / "x"
         included.write_text("")
@@ -327,7 +300,7 @@ class TestCheckPolicySet:
 
     def test_bad_override_name_is_reported(self, tmp_path: Path) -> None:
         """If a proposed file has a bad name, the set would deny."""
-        runtime, persistent, _ = _folders(tmp_path)
+        runtime, persistent, _ = folders(tmp_path)
 
         errors = check_policy_set(
             runtime, persistent, overrides={runtime / "Links.policy": ""}
@@ -355,7 +328,7 @@ class TestHostileIncludes:
         self, tmp_path: Path, line: str
     ) -> None:
         """If an include cannot be followed, its line is the error."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         (persistent / "loop").symlink_to(persistent / "loop")
         os.mkfifo(persistent / "fifo")
         path = persistent / "30-user.policy"
@@ -369,7 +342,7 @@ class TestHostileIncludes:
 
     def test_include_dir_of_own_folder_is_a_loop(self, tmp_path: Path) -> None:
         """If a file includes its own folder, the loop is an error."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         path = persistent / "30-user.policy"
         path.write_text("!include-dir .\n")
 

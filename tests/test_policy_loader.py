@@ -13,70 +13,17 @@ from hypothesis import strategies as st
 
 from nexusd.policy import (
     PolicySet,
-    Request,
-    SystemInfo,
     load_policy_set,
 )
-
-ZERO = "00000000-0000-0000-0000-000000000000"
-SYSTEM = SystemInfo.from_dict(
-    {
-        "domains": {
-            "dom0": {"type": "AdminVM", "uuid": ZERO, "power_state": "Running"},
-            "work": {"type": "AppVM", "tags": [], "power_state": "Running"},
-            "personal": {"type": "AppVM", "tags": [], "power_state": "Running"},
-        }
-    }
+from tests.policy_helpers import (
+    ALLOW_ALL,
+    PROBE,
+    SYSTEM,
+    decider,
+    dom0_layout,
+    folders,
+    snapshot,
 )
-#: A request that the catch-all file below allows.
-PROBE = Request("test.Probe", "+", "work", "personal")
-ALLOW_ALL = "* * @anyvm @anyvm allow\n"
-
-
-def _folders(tmp_path: Path) -> tuple[Path, Path, Path]:
-    runtime = tmp_path / "run"
-    persistent = tmp_path / "etc"
-    legacy = tmp_path / "legacy"
-    for folder in (runtime, persistent, legacy):
-        folder.mkdir()
-    return runtime, persistent, legacy
-
-
-def _decider(policy: PolicySet) -> str | None:
-    decision = policy.evaluate(PROBE, SYSTEM)
-    return decision.file.name if decision.file else None
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
-
-
-def _dom0_layout(tmp_path: Path, shared_dir: Path) -> tuple[Path, Path]:
-    """The real files laid out as the dom0 RPMs install them.
-
-    qubes-core-admin's %post links each include/admin-* that a legacy file
-    still names into /etc/qubes-rpc/policy/include/ (core-dom0.spec.in), so
-    the legacy ``$include:include/admin-local-rwx`` resolves.
-    """
-    source = shared_dir / "fixtures" / "qubes-policy"
-    persistent = tmp_path / "etc" / "qubes" / "policy.d"
-    legacy = tmp_path / "etc" / "qubes-rpc" / "policy"
-    shutil.copytree(source / "policy.d", persistent)
-    shutil.copytree(source / "legacy-qubes-rpc-policy", legacy)
-    (legacy / "include").mkdir()
-    for name in ("admin-global-ro", "admin-global-rwx"):
-        (legacy / "include" / name).symlink_to(
-            Path("../../../qubes/policy.d/include") / name
-        )
-    for name in ("admin-local-ro", "admin-local-rwx"):
-        (legacy / "include" / name).symlink_to(
-            Path("../../../qubes/policy.d/include") / name
-        )
-    return persistent, legacy
 
 
 class TestRealPolicy:
@@ -86,7 +33,7 @@ class TestRealPolicy:
         self, tmp_path: Path, shared_dir: Path
     ) -> None:
         """If all real files load together with compat, no error is found."""
-        persistent, legacy = _dom0_layout(tmp_path, shared_dir)
+        persistent, legacy = dom0_layout(tmp_path, shared_dir)
 
         policy = load_policy_set(None, persistent, legacy)
 
@@ -101,7 +48,7 @@ class TestRealPolicy:
         self, tmp_path: Path, shared_dir: Path
     ) -> None:
         """If the legacy include/ link is missing, qrexec's error shows."""
-        persistent, legacy = _dom0_layout(tmp_path, shared_dir)
+        persistent, legacy = dom0_layout(tmp_path, shared_dir)
         shutil.rmtree(legacy / "include")
 
         policy = load_policy_set(None, persistent, legacy)
@@ -124,7 +71,7 @@ class TestRealPolicy:
         self, tmp_path: Path, shared_dir: Path, name: str
     ) -> None:
         """If one real file is the only one in the folder, it loads."""
-        persistent, legacy = _dom0_layout(tmp_path, shared_dir)
+        persistent, legacy = dom0_layout(tmp_path, shared_dir)
         for other in persistent.glob("*.policy"):
             if other.name != name:
                 other.unlink()
@@ -149,7 +96,7 @@ class TestRealPolicy:
         self, tmp_path: Path, shared_dir: Path, name: str
     ) -> None:
         """If one include file is pulled in by !include-service, it loads."""
-        persistent, _ = _dom0_layout(tmp_path, shared_dir)
+        persistent, _ = dom0_layout(tmp_path, shared_dir)
         for other in persistent.glob("*.policy"):
             other.unlink()
         (persistent / "50-one.policy").write_text(
@@ -169,7 +116,7 @@ class TestRealPolicy:
             p.name for p in (source / "legacy-qubes-rpc-policy").iterdir()
         )
         for name in names:
-            persistent, legacy = _dom0_layout(tmp_path / name, shared_dir)
+            persistent, legacy = dom0_layout(tmp_path / name, shared_dir)
             for other in legacy.iterdir():
                 if other.is_file() and other.name != name:
                     other.unlink()
@@ -191,7 +138,7 @@ class TestFolders:
         self, tmp_path: Path
     ) -> None:
         """If both folders hold a name, only the runtime file is read."""
-        runtime, persistent, _ = _folders(tmp_path)
+        runtime, persistent, _ = folders(tmp_path)
         (runtime / "50-x.policy").write_text(
             "test.Probe * work personal deny\n"
         )
@@ -210,7 +157,7 @@ class TestFolders:
         self, tmp_path: Path
     ) -> None:
         """If names interleave across folders, name order decides."""
-        runtime, persistent, _ = _folders(tmp_path)
+        runtime, persistent, _ = folders(tmp_path)
         (persistent / "10-a.policy").write_text(
             "test.Other * @anyvm @anyvm deny\n"
         )
@@ -224,11 +171,11 @@ class TestFolders:
             "20-b.policy",
             "30-c.policy",
         ]
-        assert _decider(policy) == "20-b.policy"
+        assert decider(policy) == "20-b.policy"
 
     def test_name_order_is_string_order(self, tmp_path: Path) -> None:
         """If numbers differ in width, plain string order still applies."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         (persistent / "9-late.policy").write_text(ALLOW_ALL)
         (persistent / "10-early.policy").write_text(
             "test.Probe * @anyvm @anyvm deny\n"
@@ -236,7 +183,7 @@ class TestFolders:
 
         policy = load_policy_set(None, persistent)
 
-        assert _decider(policy) == "10-early.policy"
+        assert decider(policy) == "10-early.policy"
 
     @pytest.mark.parametrize(
         "name",
@@ -255,7 +202,7 @@ class TestFolders:
         self, tmp_path: Path, name: str
     ) -> None:
         """If a file does not end in .policy or is hidden, it is skipped."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         (persistent / name).write_text("test.Probe * @anyvm @anyvm deny\n")
         (persistent / "90-all.policy").write_text(ALLOW_ALL)
 
@@ -278,7 +225,7 @@ class TestFolders:
         self, tmp_path: Path, name: str
     ) -> None:
         """If a *.policy name has other characters, the whole set denies."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         (persistent / name).write_text(ALLOW_ALL)
         (persistent / "90-all.policy").write_text(ALLOW_ALL)
 
@@ -291,7 +238,7 @@ class TestFolders:
 
     def test_folder_named_policy_is_skipped(self, tmp_path: Path) -> None:
         """If a folder ends in .policy, it is not a file and is skipped."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         (persistent / "Bad.policy").mkdir()
         (persistent / "90-all.policy").write_text(ALLOW_ALL)
 
@@ -301,7 +248,7 @@ class TestFolders:
 
     def test_symlink_to_a_file_is_read(self, tmp_path: Path) -> None:
         """If a *.policy name is a link to a file, the file is read."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         (tmp_path / "real").write_text(ALLOW_ALL)
         (persistent / "50-link.policy").symlink_to(tmp_path / "real")
         (persistent / "60-dangling.policy").symlink_to(tmp_path / "none")
@@ -309,11 +256,11 @@ class TestFolders:
         policy = load_policy_set(None, persistent)
 
         assert policy.errors == ()
-        assert _decider(policy) == "50-link.policy"
+        assert decider(policy) == "50-link.policy"
 
     def test_fifo_is_skipped_without_blocking(self, tmp_path: Path) -> None:
         """If a *.policy name is a FIFO, it is skipped, not opened."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         os.mkfifo(persistent / "50-fifo.policy")
         (persistent / "90-all.policy").write_text(ALLOW_ALL)
 
@@ -324,7 +271,7 @@ class TestFolders:
 
     def test_missing_folder_denies_everything(self, tmp_path: Path) -> None:
         """If a policy folder is missing, qrexec cannot load; all deny."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         (persistent / "90-all.policy").write_text(ALLOW_ALL)
 
         policy = load_policy_set(tmp_path / "absent", persistent)
@@ -334,7 +281,7 @@ class TestFolders:
 
     def test_crlf_lines_parse(self, tmp_path: Path) -> None:
         """If a file has CRLF line ends, its lines still parse."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         (persistent / "90-all.policy").write_bytes(
             b"# comment\r\n* * @anyvm @anyvm allow\r\n"
         )
@@ -346,7 +293,7 @@ class TestFolders:
 
 
 def _load_one(tmp_path: Path, text: str | bytes) -> tuple[PolicySet, Path]:
-    runtime, persistent, legacy = _folders(tmp_path)
+    runtime, persistent, legacy = folders(tmp_path)
     path = persistent / "30-user.policy"
     if isinstance(text, bytes):
         path.write_bytes(text)
@@ -518,14 +465,14 @@ class TestMalformedPolicy:
 
     def test_loading_writes_nothing(self, tmp_path: Path) -> None:
         """If a set with errors is loaded, no file changes."""
-        runtime, persistent, _ = _folders(tmp_path)
+        runtime, persistent, _ = folders(tmp_path)
         (persistent / "30-user.policy").write_text("bad line\n")
-        before = _snapshot(tmp_path)
+        before = snapshot(tmp_path)
 
         policy = load_policy_set(runtime, persistent)
 
         assert policy.errors
-        assert _snapshot(tmp_path) == before
+        assert snapshot(tmp_path) == before
 
     def test_every_bad_line_is_reported(self, tmp_path: Path) -> None:
         """If several lines are bad, each is reported in file order."""
@@ -540,7 +487,7 @@ class TestMalformedPolicy:
         self, tmp_path: Path
     ) -> None:
         """If an included file is bad, the error names that file."""
-        _, persistent, _ = _folders(tmp_path)
+        _, persistent, _ = folders(tmp_path)
         (persistent / "include").mkdir()
         (persistent / "include" / "x").write_text("\nqubes.Foo * a\n")
         (persistent / "30-user.policy").write_text("!include include/x\n")
