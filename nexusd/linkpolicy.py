@@ -27,6 +27,7 @@ from nexusd.names import (
     parse_port,
     parse_qube_name,
 )
+from nexusd.policy import check_policy_set
 
 __all__ = ["LinkLine", "LinkPolicyWriter", "render_links_policy"]
 
@@ -147,8 +148,6 @@ class LinkPolicyWriter:
         return self.path.with_name(f".{self.path.name}.new")
 
     def _install(self, content: str) -> bool:
-        from nexusd.policy import check_policy_set
-
         folder = self.path.parent
         folder.mkdir(mode=0o775, parents=True, exist_ok=True)
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)

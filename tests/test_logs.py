@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from pathlib import Path
@@ -85,16 +84,29 @@ class TestCallLog:
         assert "c" * 64 not in repr(logs)
 
     def test_json_lines_escape_newlines(self) -> None:
-        """If a value holds a newline, the JSON renderer keeps one line."""
-        out = io.StringIO()
-        logger = structlog.wrap_logger(
-            structlog.PrintLogger(out),
-            processors=[structlog.processors.JSONRenderer()],
+        """If a logged value holds a newline and a forged record, nexusd's
+        own JSON output keeps one line, and the value stays a value."""
+        import subprocess
+        import sys
+
+        code = (
+            "import structlog\n"
+            "from nexusd.logs import configure_logging\n"
+            "configure_logging(journal=False)\n"
+            "structlog.get_logger().warning('x', value='a\\n{\"event\": 1}')\n"
         )
 
-        logger.info("x", value='a\n{"event": "forged"}')
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
 
-        assert out.getvalue().count("\n") == 1
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 1
+        assert json.loads(lines[0])["value"] == 'a\n{"event": 1}'
 
 
 class TestStdlibRecords:

@@ -23,6 +23,7 @@ from nexusd.errors import BadArgument, BadHeader, Unavailable
 from nexusd.guests import GuestRegistry
 from nexusd.linkpolicy import SERVICE, LinkLine, LinkPolicyWriter
 from nexusd.names import parse_container_name, parse_link_target
+from nexusd.policy import Request, SystemInfo, load_policy_set
 from nexusd.rpc.server import Call, ServiceSpec
 from nexusd.services.payload import parse_json_object, reject_unknown_keys
 from nexusd.services.policywatch import PolicyWatch
@@ -347,8 +348,6 @@ async def _shadowed(
     ours: Path,
 ) -> dict[LinkLine, str]:
     """Links whose ``nexus.Connect`` is decided by a rule not in *ours*."""
-    from nexusd.policy import Request, SystemInfo, load_policy_set
-
     paths = config.paths
 
     def evaluate() -> dict[LinkLine, str]:
